@@ -1,0 +1,143 @@
+"""The contract between the engine (specc/engine) and a training backend.
+
+The engine owns the loop, the data and every policy; a backend owns only the model: load it, run
+forward/backward on batches the engine built, apply one optimizer update, and move its trainable
+state to and from host arrays. Both backends implement exactly this, so the same spec gives the
+same data, schedule and checkpoint semantics everywhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # Module names as in HF Llama ("q_proj", "v_proj", ...). Both backends map them to their own layers.
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    # Apply LoRA to the last `layers` transformer blocks; None means all of them.
+    layers: int | None = None
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """AdamW, identical in both backends (decoupled weight decay, bias-corrected moments)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0  # max global L2 norm over trainable params; None disables clipping
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    path: Path                      # a local HF-format directory (config.json, *.safetensors, tokenizer)
+    quantization: str = "none"      # "nf4" (4-bit QLoRA) or "none"
+    dtype: str = "auto"             # "auto" = bf16 on CUDA, float32 on CPU; or "float32" / "bfloat16"
+    gradient_checkpointing: bool = False
+    device: str = "auto"            # torch: "auto" | "cpu" | "cuda"; mlx: "auto" | "cpu" | "gpu"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One micro-batch, built by the engine (never by a backend). Shapes are [B, T].
+
+    - input_ids:   token ids; padding positions hold the pad id and have segment_ids == 0.
+    - loss_mask:   1.0 where token t is a *target* (predicted from position t-1), else 0.0.
+                   loss_mask[:, 0] is always 0. Padding and (for prompt_completion) prompts are 0.
+    - segment_ids: 1..k for the k documents packed into a row, 0 for padding. Attention is causal and
+                   block-diagonal: a token attends only to earlier tokens of the same segment.
+    - position_ids: position within its own segment (restarts at 0 for every packed document).
+    """
+    input_ids: np.ndarray
+    loss_mask: np.ndarray
+    segment_ids: np.ndarray
+    position_ids: np.ndarray
+
+    @property
+    def n_target_tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+    @property
+    def n_tokens(self) -> int:
+        """Non-padding tokens (what throughput counts)."""
+        return int((self.segment_ids > 0).sum())
+
+
+@dataclass(frozen=True)
+class StepResult:
+    grad_norm: float                # global L2 norm before clipping
+    applied: bool                   # False when the update was skipped (non-finite gradients)
+
+
+@dataclass(frozen=True)
+class MemoryStats:
+    current_mb: float
+    peak_mb: float
+    source: str                     # where the figure came from, e.g. "torch.cuda.max_memory_allocated", "mlx.get_peak_memory", "rss"
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+
+    def setup(self, model: ModelSettings, lora: LoraSettings, optim: OptimizerSettings, seed: int) -> None:
+        """Load the base model from a local directory, quantize if asked, add LoRA; only adapters train.
+
+        Raises specc.errors.UserError (with what was found) for a missing or broken model directory.
+        """
+
+    def forward_backward(self, batch: Batch, scale: float) -> tuple[float, int]:
+        """Accumulate gradients of `scale * sum(token cross-entropy over loss_mask)`.
+
+        Returns (loss_sum, n_target_tokens) for this micro-batch, loss_sum unscaled, as a Python float.
+        The engine passes scale = 1 / (target tokens in the whole optimizer step), so accumulation
+        over micro-batches equals one big batch exactly.
+        """
+
+    def optimizer_step(self, lr: float) -> StepResult:
+        """Clip (OptimizerSettings.grad_clip), then one AdamW update at `lr`, then zero the gradients.
+
+        If the gradient norm is not finite, skip the update (weights and optimizer state unchanged),
+        zero the gradients and return applied=False.
+        """
+
+    def zero_grad(self) -> None:
+        """Drop accumulated gradients without updating (used when the engine rejects a step)."""
+
+    def eval_loss(self, batch: Batch) -> tuple[float, int]:
+        """(loss_sum, n_target_tokens) with dropout off and no gradient."""
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything trainable and stateful, materialised on the host as numpy arrays:
+        adapter weights ("adapter/<name>"), optimizer state ("optim/<name>/..."), RNG ("rng/...").
+        Bit-exact: load_state(state()) must not change a single bit of later training."""
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore exactly what state() returned."""
+
+    def load_adapter_weights(self, state: dict[str, np.ndarray]) -> None:
+        """Load only the "adapter/..." entries (used by --init-from: old weights, fresh optimizer)."""
+
+    def export_adapter(self, path: Path) -> None:
+        """Write an adapter the ecosystem loads: PEFT format (torch) or mlx-lm format (mlx)."""
+
+    def memory(self) -> MemoryStats:
+        ...
+
+    def describe(self) -> dict[str, object]:
+        """Facts for the run log and plan: device, dtype, quantization details, param counts."""
+
+
+@dataclass
+class BackendInfo:
+    """What the registry knows about a backend without importing it."""
+    name: str
+    target: str                     # "module:Class"
+    extra: str                      # pip extra that provides its packages, e.g. "torch"
+    modules: tuple[str, ...] = field(default_factory=tuple)  # top-level modules it needs

@@ -1,0 +1,181 @@
+"""The offline quickstart base model: a tiny Llama built and briefly pretrained locally, then cached.
+
+Nothing is downloaded. The tokenizer is byte-level (one token per UTF-8 byte plus a few special
+tokens); the model is pretrained on a generated corpus of word-transformation tasks that are NOT the
+quickstart task, so LoRA has a real but learnable job. See docs/quickstart-model.md.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from specc.builtin.datasets import random_phrase, random_word
+
+# Bump whenever the recipe below changes: the cache directory name carries it.
+MODEL_VERSION = 1
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
+SPECIAL_TOKENS = [PAD, BOS, EOS, "<|system|>", "<|user|>", "<|assistant|>"]
+# Every message ends with eos, so a fine-tuned assistant learns to stop.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+ARCHITECTURE = dict(
+    hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+    num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True, rope_theta=10000.0,
+)
+PRETRAIN = dict(steps=600, batch_size=32, lr=3e-3, warmup=40, seed=0)
+
+
+def default_cache_root() -> Path:
+    """`${SPECC_CACHE:-~/.cache/specc}/builtin`."""
+    return Path(os.environ.get("SPECC_CACHE") or Path.home() / ".cache" / "specc") / "builtin"
+
+
+def build_tokenizer():
+    """A byte-level tokenizer (262 tokens) with bos/eos/pad, role tokens and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    byte_chars = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + byte_chars)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))  # no merges: every byte is one token
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B:1", special_tokens=[(BOS, vocab[BOS])])
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+        chat_template=CHAT_TEMPLATE, model_max_length=ARCHITECTURE["max_position_embeddings"])
+
+
+def _sentence(rng: random.Random) -> str:
+    words = [w.capitalize() if rng.random() < 0.15 else w for w in random_phrase(rng, 3, 10)]
+    words[0] = words[0].capitalize()
+    return " ".join(words) + rng.choice(".?!")
+
+
+def _mixed_case(rng: random.Random, words: list[str]) -> list[str]:
+    return [rng.choice([w, w.upper(), w.capitalize(), w.swapcase()]) for w in words]
+
+
+# Word tasks in the quickstart's prompt/completion surface form. Capitalization is deliberately absent.
+_TASKS = {
+    "Repeat": lambda rng, w: (w, w),
+    "Uppercase": lambda rng, w: (w, [x.upper() for x in w]),
+    "Lowercase": lambda rng, w: ((m := _mixed_case(rng, w)), [x.lower() for x in m]),
+    "Reverse": lambda rng, w: (w, w[::-1]),
+    "First word": lambda rng, w: (w, w[:1]),
+    "Last word": lambda rng, w: (w, w[-1:]),
+}
+
+
+def pretraining_document(rng: random.Random, tokenizer) -> str:
+    """One document of the general pretraining corpus (text without bos; eos appended)."""
+    kind = rng.random()
+    if kind < 0.25:
+        return " ".join(_sentence(rng) for _ in range(rng.randint(1, 3))) + EOS
+    name = rng.choice(sorted(_TASKS))
+    source, target = _TASKS[name](rng, random_phrase(rng))
+    prompt, answer = f"{name}: {' '.join(source)}", " ".join(target)
+    if kind < 0.4:  # chat form, so the role tokens and the template are not untrained
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        return tokenizer.apply_chat_template(messages, tokenize=False).removeprefix(BOS)
+    return f"{prompt}\n{answer}{EOS}"
+
+
+def _pretrain(model, tokenizer, log=None) -> None:
+    """Train all parameters briefly with a plain causal-LM loss on the generated corpus."""
+    import torch
+
+    cfg = PRETRAIN
+    rng = random.Random(cfg["seed"])
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0.01, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg["warmup"]) * max(
+        0.05, 1 - s / cfg["steps"]))
+    model.train()
+    for step in range(cfg["steps"]):
+        docs = [pretraining_document(rng, tokenizer) for _ in range(cfg["batch_size"])]
+        enc = tokenizer(docs, return_tensors="pt", padding=True)
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        loss = model(**enc, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if log and (step % 100 == 0 or step == cfg["steps"] - 1):
+            log(f"pretrain step {step}: loss {loss.item():.3f}")
+    model.eval()
+
+
+def build_model(out_dir: Path, log=None) -> None:
+    """Build, pretrain and save the tiny Llama and its tokenizer into out_dir (HF format)."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, **ARCHITECTURE)
+    torch.manual_seed(PRETRAIN["seed"])
+    model = LlamaForCausalLM(config)
+    _pretrain(model, tokenizer, log)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def is_complete(model_dir: Path) -> bool:
+    """True when model_dir holds every file a loader needs (a half-written cache never is)."""
+    return all((Path(model_dir) / f).is_file() and (Path(model_dir) / f).stat().st_size > 0 for f in REQUIRED_FILES)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an advisory lock so concurrent callers build once and the others wait."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): the atomic rename below still keeps the cache sound
+        yield
+        return
+    with open(lock_path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_builtin_model(name: str = "tiny-llama", cache_dir: Path | None = None, log=None) -> Path:
+    """Return the cached model directory for a builtin model, building it first if needed."""
+    if name != "tiny-llama":
+        raise ValueError(f"unknown builtin model {name!r}; known: tiny-llama")
+    root = Path(cache_dir) if cache_dir is not None else default_cache_root()
+    final = root / f"{name}-v{MODEL_VERSION}"
+    if is_complete(final):
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root / f".{final.name}.lock"):
+        if is_complete(final):  # another process built it while we waited
+            return final
+        shutil.rmtree(final, ignore_errors=True)  # damaged: never reuse a partial directory
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+        try:
+            start = time.perf_counter()
+            build_model(tmp, log)
+            os.rename(tmp, final)
+            if log:
+                log(f"built {final} in {time.perf_counter() - start:.1f}s")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final

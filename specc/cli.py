@@ -1,0 +1,142 @@
+"""The `specc` command line. Heavy imports (torch, mlx, transformers) happen only inside commands that train."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from specc.errors import EXIT_FAILED, EXIT_USAGE, SpecError, UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Experiment specs for LoRA/QLoRA fine-tuning: check, compile, run, submit, report.")
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(exc: UserError) -> None:
+    err.print(f"[bold red]error[/]: {exc}" if not isinstance(exc, SpecError) else str(exc), markup=not isinstance(exc, SpecError))
+    raise typer.Exit(exc.exit_code)
+
+
+def _plan_all(specs: list[Path]):
+    """Load and plan every spec, gathering the problems of all of them before failing."""
+    from specc.plan.runs import plan_experiment
+    from specc.spec.validate import load_spec
+
+    plans, issues = [], []
+    for path in specs:
+        try:
+            loaded = load_spec(path)
+            plans.append((loaded, plan_experiment(loaded)))
+        except SpecError as exc:
+            issues += exc.issues
+    if issues:
+        raise SpecError(issues)
+    seen = {}
+    for loaded, plan in plans:
+        if plan.experiment in seen:
+            raise UserError(f"experiment {plan.experiment!r} is defined by both {seen[plan.experiment]} and {loaded.path}",
+                            hint="experiment names must be unique: they are directories under generated/ and runs/")
+        seen[plan.experiment] = loaded.path
+    return plans
+
+
+@app.command()
+def check(specs: List[Path] = typer.Argument(..., help="spec files")):
+    """Validate specs (syntax, fields, cross-field rules, resources); write nothing."""
+    try:
+        plans = _plan_all(specs)
+    except UserError as exc:
+        fail(exc)
+    for loaded, plan in plans:
+        n_control = sum(r.kind == "control" for r in plan.runs)
+        extra = f" + {n_control} control" if n_control else ""
+        out.print(f"[green]ok[/] {loaded.path}: experiment {plan.experiment}, {len(plan.runs) - n_control} run(s){extra}")
+        for w in plan.warnings:
+            out.print(f"  [yellow]warning[/]: {w}")
+
+
+@app.command()
+def compile(
+    specs: List[Path] = typer.Argument(..., help="spec files"),
+    out_dir: Path = typer.Option(Path("generated"), "--out", help="where artifacts go"),
+    check_only: bool = typer.Option(False, "--check", help="write nothing; exit 1 with a diff when generated/ is stale"),
+):
+    """Compile specs into reviewable artifacts: plan.md, config.json, schedule.csv, sbatch scripts."""
+    from specc.emit.writer import render_experiment, stale_diff, write_files
+
+    try:
+        plans = _plan_all(specs)
+        rendered = [(loaded, plan, render_experiment(loaded, plan)) for loaded, plan in plans]
+    except UserError as exc:
+        fail(exc)
+    stale = False
+    for loaded, plan, files in rendered:
+        root = out_dir / plan.experiment
+        if check_only:
+            diff = stale_diff(root, files)
+            if diff:
+                stale = True
+                sys.stdout.write("".join(diff))
+                err.print(f"[red]stale[/]: {root} does not match {loaded.path}; run `specc compile {loaded.path}`")
+            else:
+                out.print(f"[green]up to date[/] {root}")
+        else:
+            result = write_files(root, files)
+            out.print(f"[green]compiled[/] {loaded.path} → {root}/ ({len(result.written)} written, "
+                      f"{result.unchanged} unchanged, {len(result.removed)} removed; {len(plan.runs)} run(s))")
+            for w in plan.warnings:
+                out.print(f"  [yellow]warning[/]: {w}")
+    if stale:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def schema():
+    """Print the spec's JSON Schema (for editor completion through the YAML language server)."""
+    from specc.spec.model import Spec
+
+    s = Spec.model_json_schema()
+    s["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    s["title"] = "specc experiment spec"
+    sys.stdout.write(json.dumps(s, indent=2, sort_keys=True) + "\n")
+
+
+def _register_optional():
+    """Commands that live in their own modules register themselves here."""
+    import importlib
+    import importlib.util
+
+    for module in ("specc.commands.run", "specc.commands.submit", "specc.commands.lifecycle"):
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+
+
+def main() -> None:
+    _register_optional()
+    try:
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        sys.exit(130)
+    except UserError as exc:
+        err.print(f"[bold red]error[/]: {exc}")
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(EXIT_USAGE)
+        raise
+
+
+if __name__ == "__main__":
+    main()

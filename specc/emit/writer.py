@@ -1,0 +1,221 @@
+"""emit: render an ExperimentPlan into generated/<experiment>/, deterministically, or check it is current."""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+from specc.emit.sbatch import job_flags, q, render_flags
+from specc.plan.baseline import Baseline, resolve_baseline
+from specc.plan.runs import ExperimentPlan, RunPlan
+from specc.plan.schedule import schedule_csv
+from specc.spec.validate import LoadedSpec
+
+COMPARATOR_TEXT = {"<": "<", "<=": "≤", ">": ">", ">=": "≥", "==": "=", "within": "within"}
+
+
+@lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("specc.emit", "templates"),
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
+    )
+
+
+def source_name(path: Path) -> str:
+    p = Path(os.path.relpath(path)) if not Path(path).is_absolute() or str(path).startswith(os.getcwd()) else Path(path)
+    return p.as_posix()
+
+
+def run_files(run: RunPlan, source: str) -> dict[str, str]:
+    """config.json, schedule.csv and the sbatch scripts of one run."""
+    exp, name = run.experiment, run.name
+    config = dict(run.config, source=source)
+    files = {f"{name}/config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n"}
+    if run.schedule is not None:
+        files[f"{name}/schedule.csv"] = schedule_csv(run.schedule)
+    config_path = f"generated/{exp}/{name}/config.json"
+    log = f"runs/{exp}/logs/{name}-%j.out"
+    files[f"{name}/train.sbatch"] = job_script(run, source, stage=None, select_config=f"CONFIG={q(config_path)}",
+                                               log=log, job_name=f"{exp}.{name}",
+                                               what=f"Run {name} of {exp}: the full run.")
+    if run.test_resources is not None:
+        files[f"{name}/test.sbatch"] = job_script(run, source, stage="test", select_config=f"CONFIG={q(config_path)}",
+                                                  log=f"runs/{exp}/logs/{name}.test-%j.out", job_name=f"{exp}.{name}.test",
+                                                  what=f"Run {name} of {exp}: the test stage that gates the full run.")
+    return files
+
+
+def job_script(run: RunPlan, source: str, *, stage, select_config, log, job_name, what, array=None) -> str:
+    res = run.test_resources if stage == "test" else run.resources
+    distributed = res.gpus > 1 or res.nodes > 1
+    return _env().get_template("job.sbatch.j2").render(
+        source=source, what=what,
+        sbatch_lines=render_flags(job_flags(run, stage=stage, log=log, job_name=job_name, array=array)),
+        max_requeues=int(res.max_requeues), select_config=select_config,
+        stage_arg=" --stage test" if stage == "test" else "",
+        distributed=distributed, gpus_per_node=-(-res.gpus // res.nodes) if res.gpus else 1,
+    )
+
+
+def array_script(plan: ExperimentPlan, source: str, stage: str | None) -> str:
+    """One job array over every run of a sweep (controls included), indexed by SLURM_ARRAY_TASK_ID."""
+    runs = [r for r in plan.runs if stage is None or r.test_resources is not None]
+    # The array's limits must fit its largest member.
+    lead = max(runs, key=lambda r: _seconds((r.test_resources if stage else r.resources).time))
+    configs = "\n".join(f"  {q(f'generated/{plan.experiment}/{r.name}/config.json')}" for r in runs)
+    select = f"CONFIGS=(\n{configs}\n)\nCONFIG=\"${{CONFIGS[${{SLURM_ARRAY_TASK_ID:-0}}]}}\""
+    limit = plan.spec.sweep.max_concurrent if plan.spec.sweep else None
+    array = f"0-{len(runs) - 1}" + (f"%{limit}" if limit else "")
+    suffix = ".test" if stage else ""
+    return job_script(lead, source, stage=stage, select_config=select, array=array,
+                      log=f"runs/{plan.experiment}/logs/%x-%A_%a.out", job_name=f"{plan.experiment}{suffix}",
+                      what=f"Every run of {plan.experiment} as one job array" + (" (test stage)." if stage else "."))
+
+
+def _seconds(t: str) -> int:
+    from specc.spec.model import parse_time
+    return parse_time(t)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list):
+        return ", ".join(map(str, v))
+    return "—" if v is None else str(v)
+
+
+def plan_markdown(loaded: LoadedSpec, plan: ExperimentPlan, source: str, baseline: Baseline | None,
+                  estimates: str) -> str:
+    spec = plan.spec
+    hyp = spec.hypothesis
+    expected = []
+    for e in hyp.expected:
+        target = f"{e.target:g}" + (" × baseline" if e.vs_baseline else "")
+        tol = f"±{e.tolerance:g}" + (" (relative)" if e.relative else "") if e.tolerance else "—"
+        expected.append({"metric": e.metric, "text": f"{COMPARATOR_TEXT[e.comparator]} {target}", "tolerance": tol})
+    rows, notes = [], []
+    for r in plan.runs:
+        t, d = r.spec.training, r.spec.data
+        train = r.kind == "train"
+        steps = "—" if not train else (f"{r.steps.steps:,}" if r.steps.steps is not None else "at run start")
+        if train and not r.steps.source.startswith("declared"):
+            notes.append(f"`{r.name}`: steps {r.steps.source}.")
+        rows.append({
+            "index": r.index, "name": r.name, "kind": r.kind, "model": f"{r.spec.model.size} `{r.spec.model.path}`",
+            "rank": r.spec.model.lora.rank if train else "—",
+            "batch": f"{t.batch_size} × {t.grad_accum}", "max_length": d.max_length, "steps": steps,
+            "tokens": f"≤ {t.batch_size * t.grad_accum * d.max_length:,}" if train else "—",
+            "partition": r.resources.partition, "time": r.resources.time,
+        })
+    first = next((r for r in plan.runs if r.kind == "train"), plan.runs[0])
+    resolved = first.spec.model_dump(mode="json")
+    provenance = []
+    for dotted, src in first.provenance:
+        value = resolved
+        for part in dotted.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        provenance.append((dotted, _fmt(value), src))
+    sweep = None
+    if spec.sweep:
+        n_control = sum(r.kind == "control" for r in plan.runs)
+        sweep = {"axes": " × ".join(f"`{k}` ({len(v)})" for k, v in spec.sweep.matrix.items()),
+                 "n_train": len(plan.runs) - n_control, "n_control": n_control, "template": spec.sweep.name,
+                 "max_concurrent": spec.sweep.max_concurrent}
+    s = first.schedule
+    if s is None:
+        schedule_text = ("Total steps come from the data at run start, so the schedule is resolved then; "
+                         f"shape {spec.training.schedule.kind}, peak {spec.training.lr:g}, "
+                         f"warmup {spec.training.schedule.warmup_steps}, min ratio {spec.training.schedule.min_lr_ratio:g}.")
+    else:
+        schedule_text = (f"`{s.kind}`: warmup {s.warmup_steps} steps to peak {s.peak_lr:g}, then "
+                         + ("constant" if s.kind == "constant" else f"decay to {s.min_lr:g} ({s.min_lr_ratio:g} × peak) at step {s.total_steps - 1}")
+                         + f"; {s.total_steps:,} steps in all (run `{first.name}`). Key steps: `{first.name}/schedule.csv`.")
+    test = None
+    if first.test_resources is not None:
+        test = {"max_steps": spec.stages.test.max_steps, "partition": first.test_resources.partition,
+                "time": first.test_resources.time}
+    return _env().get_template("plan.md.j2").render(
+        experiment=plan.experiment, source=source, statement=hyp.statement.strip(), expected=expected,
+        falsified_if=hyp.falsified_if, baseline=baseline, declared_changes=hyp.changes,
+        computed_changes=[(c, _fmt(a), _fmt(b)) for c, a, b in (baseline.changes if baseline else ())],
+        runs=rows, step_notes=notes[:5] + ([f"… and {len(notes) - 5} more"] if len(notes) > 5 else []),
+        sweep=sweep, profile=spec.profile, provenance=provenance, schedule_text=schedule_text,
+        resources=first.resources, catalog=plan.catalog_source, test_stage=test, estimates=estimates,
+        warnings=list(plan.warnings),
+    )
+
+
+def render_experiment(loaded: LoadedSpec, plan: ExperimentPlan) -> dict[str, str]:
+    """Every artifact of one experiment: {path relative to generated/<experiment>/: content}."""
+    from specc.plan.estimate import estimates_markdown
+
+    source = source_name(loaded.path)
+    baseline = None
+    if plan.spec.baseline:
+        first = next((r for r in plan.runs if r.kind == "train"), plan.runs[0])
+        baseline = resolve_baseline(plan.spec.baseline, loaded.path, first.spec)
+    files = {"plan.md": plan_markdown(loaded, plan, source, baseline, estimates_markdown(plan))}
+    for run in plan.runs:
+        files.update(run_files(run, source))
+    if plan.spec.sweep is not None:
+        files["array.sbatch"] = array_script(plan, source, stage=None)
+        if any(r.test_resources is not None for r in plan.runs):
+            files["test_array.sbatch"] = array_script(plan, source, stage="test")
+    return files
+
+
+@dataclass
+class WriteResult:
+    written: list[Path]
+    unchanged: int
+    removed: list[Path]
+
+
+def existing_files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} if root.is_dir() else set()
+
+
+def stale_diff(root: Path, files: dict[str, str]) -> list[str]:
+    """Unified diff lines between generated/<exp>/ on disk and what the spec produces now."""
+    out = []
+    for rel in sorted(set(files) | existing_files(root)):
+        path = root / rel
+        old = path.read_text(encoding="utf-8") if path.is_file() else None
+        new = files.get(rel)
+        if old == new:
+            continue
+        out += difflib.unified_diff((old or "").splitlines(keepends=True), (new or "").splitlines(keepends=True),
+                                    fromfile=f"a/{path.as_posix()}" if old is not None else "/dev/null",
+                                    tofile=f"b/{path.as_posix()}" if new is not None else "/dev/null")
+    return out
+
+
+def write_files(root: Path, files: dict[str, str]) -> WriteResult:
+    """Write changed files atomically and remove files the spec no longer produces."""
+    written, unchanged, removed = [], 0, []
+    for rel, content in sorted(files.items()):
+        path = root / rel
+        if path.is_file() and path.read_text(encoding="utf-8") == content:
+            unchanged += 1
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(content, encoding="utf-8")
+        if path.suffix == ".sbatch":
+            tmp.chmod(0o755)
+        os.replace(tmp, path)
+        written.append(path)
+    for rel in sorted(existing_files(root) - set(files)):
+        (root / rel).unlink()
+        removed.append(root / rel)
+    for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        if not any(d.iterdir()):
+            d.rmdir()
+    return WriteResult(written, unchanged, removed)

@@ -1,0 +1,340 @@
+"""plan: a pure function from a validated spec to frozen RunPlans.
+
+It expands the sweep matrix, adds control runs, applies the naming template and the profile,
+fills every default explicitly, resolves resources against the clusters catalog, and checks what
+only makes sense across fields. Every problem is reported at once, anchored in the YAML.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from specc import __version__
+from specc.errors import SpecError, SpecIssue
+from specc.plan.resources import ResolvedResources, resolve_resources
+from specc.plan.schedule import ScheduleSpec
+from specc.spec.catalog import load_catalog
+from specc.spec.model import SLUG, Spec
+from specc.spec.profiles import FALLBACK, PROFILES
+from specc.spec.validate import LoadedSpec, _fields_at, pydantic_issues
+
+PROFILE_FIELDS = (("training", "batch_size"), ("training", "grad_accum"), ("data", "max_length"))
+_PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.]+)\}")
+
+
+@dataclass(frozen=True)
+class StepCount:
+    steps: int | None           # optimizer steps, None when only the data can tell
+    source: str                 # "declared (max_steps)", "counted (N samples in train.jsonl)", ...
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    experiment: str
+    name: str
+    kind: str                               # "train" or "control" (eval-only, base model)
+    index: int                              # position in the experiment: the job-array index
+    overrides: tuple[tuple[str, object], ...]   # the sweep point, as (dotted field, value)
+    spec: Spec                              # this run's fully resolved spec
+    steps: StepCount
+    schedule: ScheduleSpec | None
+    provenance: tuple[tuple[str, str], ...]     # field → "spec" | "sweep" | "profile:<p>" | "default"
+    resources: ResolvedResources
+    test_resources: ResolvedResources | None
+    config: dict = field(repr=False)        # the resolved trainer config (config.json)
+
+
+@dataclass(frozen=True)
+class ExperimentPlan:
+    spec_path: Path
+    experiment: str
+    spec: Spec
+    runs: tuple[RunPlan, ...]
+    catalog_source: str
+    warnings: tuple[str, ...] = ()
+
+
+def _get(data: dict, path: tuple):
+    for p in path:
+        if not isinstance(data, dict) or p not in data:
+            return None
+        data = data[p]
+    return data
+
+
+def _set(data: dict, path: tuple, value) -> None:
+    for p in path[:-1]:
+        data = data.setdefault(p, {})
+    if isinstance(value, dict) and isinstance(data.get(path[-1]), dict):
+        merged = copy.deepcopy(data[path[-1]])
+        _deep_merge(merged, value)
+        data[path[-1]] = merged
+    else:
+        data[path[-1]] = copy.deepcopy(value)
+
+
+def _deep_merge(base: dict, extra: dict) -> None:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_merge(base[k], v)
+        else:
+            base[k] = copy.deepcopy(v)
+
+
+def _dotted(data, path: str):
+    cur = data
+    for part in path.split("."):
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        else:
+            raise KeyError(path)
+    return cur
+
+
+def _format_value(v) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def run_name(template: str, resolved: dict) -> str:
+    """Fill `{dotted.field}` placeholders from a run's resolved spec."""
+    return _PLACEHOLDER.sub(lambda m: _format_value(_dotted(resolved, m.group(1))), template)
+
+
+def _rel(spec_dir: Path, value: str | None) -> str | None:
+    """Spec-relative paths become relative to the working directory (the repository root)."""
+    if value is None or value.startswith("builtin:") or os.path.isabs(value):
+        return value
+    return os.path.relpath(os.path.normpath(spec_dir / value))
+
+
+def count_steps(spec: Spec, spec_dir: Path) -> StepCount:
+    """Optimizer steps of a run, and where the number came from."""
+    t, d = spec.training, spec.data
+    if t.max_steps is not None:
+        return StepCount(t.max_steps, "declared (training.max_steps)")
+    samples, source = d.samples, "declared data.samples"
+    train = spec_dir / d.train if not d.train.startswith("builtin:") else None
+    if samples is None and train is not None and train.is_file():
+        with open(train, "rb") as fh:
+            samples = sum(1 for line in fh if line.strip())
+        source = f"counted: {samples} lines in {d.train}"
+    if samples is None:
+        return StepCount(None, "from the data at run start (epochs × batches per epoch)")
+    per_step = t.batch_size * t.grad_accum
+    if d.packing and d.avg_tokens:
+        rows = math.ceil(samples * d.avg_tokens / d.max_length)
+        return StepCount(max(1, math.ceil(rows * t.epochs / per_step)),
+                         f"estimated: {source}, packed at avg_tokens={d.avg_tokens:g} (exact at run start)")
+    steps = max(1, math.ceil(math.ceil(samples / t.batch_size) * t.epochs / t.grad_accum))
+    exact = "" if not d.packing else ", one sample per row (packing makes it fewer; exact at run start)"
+    return StepCount(steps, f"{source}{exact}")
+
+
+def plan_experiment(loaded: LoadedSpec) -> ExperimentPlan:
+    """Expand and resolve every run of a spec, or raise SpecError with every problem."""
+    spec, located = loaded.spec, loaded.located
+    spec_dir = loaded.path.parent
+    issues: list[SpecIssue] = []
+    warnings: list[str] = []
+    try:
+        catalog, catalog_source = load_catalog(loaded.path, spec.resources.catalog)
+    except SpecError as exc:
+        raise SpecError(exc.issues) from None
+    except OSError as exc:
+        raise SpecError([located.issue(("resources", "catalog"), f"cannot read the clusters catalog: {exc}")]) from None
+
+    points: list[tuple[tuple[str, object], ...]] = [()]
+    if spec.sweep is not None:
+        axes = []
+        for key, values in spec.sweep.matrix.items():
+            path = tuple(key.split("."))
+            if not _valid_field_path(path):
+                issues.append(located.issue(("sweep", "matrix", key), f"sweep axis {key!r} is not a spec field", key=True))
+                continue
+            if path[0] in ("experiment", "sweep"):
+                issues.append(located.issue(("sweep", "matrix", key), f"cannot sweep over {key!r}", key=True))
+                continue
+            axes.append([(key, v) for v in values])
+        if issues:
+            raise SpecError(issues)
+        points = [tuple(p) for p in itertools.product(*axes)]
+
+    base = {k: v for k, v in located.data.items() if k != "sweep"}
+    runs: list[RunPlan] = []
+    names: dict[str, tuple] = {}
+    controls: dict[str, Spec] = {}
+    for point in points:
+        raw = copy.deepcopy(base) if point else base
+        for key, value in point:
+            _set(raw, tuple(key.split(".")), value)
+        where = ("sweep", "matrix", point[0][0]) if point else ()
+        try:
+            run_spec = Spec.model_validate(raw) if point else spec
+        except ValidationError as exc:
+            label = ", ".join(f"{k}={_format_value(v) if not isinstance(v, dict) else '{…}'}" for k, v in point)
+            for issue in pydantic_issues(exc, located, Spec):
+                line, col = located.where(where) if point else (issue.line, issue.col)
+                issues.append(SpecIssue(issue.file, line, col, f"sweep point ({label}): {issue.message}", issue.path))
+            continue
+        run_spec, provenance = _apply_profile(run_spec, point)
+        resolved = run_spec.model_dump(mode="json")
+        if spec.sweep is not None:
+            try:
+                name = run_name(spec.sweep.name, resolved)
+            except KeyError as exc:
+                issues.append(located.issue(("sweep", "name"), f"naming template names {exc.args[0]!r}, which is not a spec field"))
+                break
+        else:
+            name = "main"
+        if not SLUG.match(name) or name in (".", ".."):
+            issues.append(located.issue(("sweep", "name") if spec.sweep else ("experiment",),
+                                        f"run name {name!r} is not a slug (letters, digits, '.', '_', '-')"))
+            continue
+        if name in names:
+            issues.append(located.issue(("sweep", "name"), f"run name {name!r} is produced twice (by {_label(names[name])} "
+                                        f"and {_label(point)}); add the differing field to the template"))
+            continue
+        names[name] = point
+        runs.append(_build_run(loaded, run_spec, name, "train", len(runs), point, provenance, catalog, issues))
+        controls.setdefault(run_spec.model.path, run_spec)
+
+    if spec.sweep is not None and spec.sweep.control and not issues:
+        for run_spec in controls.values():
+            name = f"control_{_control_label(run_spec)}"
+            if name in names:
+                name = f"{name}_{len(names)}"
+            names[name] = ()
+            if run_spec.data.valid is None and run_spec.data.test is None:
+                issues.append(located.issue(("sweep", "control"), "control runs evaluate the base model: set data.valid or data.test"))
+                break
+            runs.append(_build_run(loaded, run_spec, name, "control", len(runs), (), (), catalog, issues))
+    if issues:
+        raise SpecError(issues)
+    for run in runs:
+        if run.kind == "train" and run.steps.steps and run.spec.training.checkpoint_every > run.steps.steps:
+            warnings.append(f"run {run.name}: checkpoint_every ({run.spec.training.checkpoint_every}) exceeds the run's "
+                            f"{run.steps.steps} steps: only the final checkpoint is written")
+            break
+    return ExperimentPlan(loaded.path, spec.experiment, spec, tuple(runs), catalog_source, tuple(warnings))
+
+
+def _label(point) -> str:
+    return "(" + ", ".join(f"{k}={_format_value(v) if not isinstance(v, dict) else '{…}'}" for k, v in point) + ")" if point else "the base spec"
+
+
+def _control_label(spec: Spec) -> str:
+    label = spec.model.size if spec.model.size != "unknown" else Path(spec.model.path.split(":")[-1]).name
+    return re.sub(r"[^A-Za-z0-9._-]", "_", label) or "base"
+
+
+def _valid_field_path(path: tuple) -> bool:
+    if not path or path[0] not in Spec.model_fields:
+        return False
+    if len(path) == 1:
+        return True
+    return path[-1] in _fields_at(Spec, path[:-1])
+
+
+def _apply_profile(spec: Spec, point) -> tuple[Spec, tuple]:
+    """Fill profile-controlled fields: the spec wins, then the profile, then the fallback."""
+    profile = PROFILES[spec.profile]
+    swept = {k for k, _ in point}
+    provenance = []
+    sections = {"training": spec.training.model_dump(), "data": spec.data.model_dump()}
+    for section, name in PROFILE_FIELDS:
+        dotted = f"{section}.{name}"
+        if sections[section][name] is not None:
+            provenance.append((dotted, "sweep" if dotted in swept else "spec"))
+        elif getattr(profile, name) is not None:
+            sections[section][name] = getattr(profile, name)
+            provenance.append((dotted, f"profile:{profile.name}"))
+        else:
+            sections[section][name] = FALLBACK[name]
+            provenance.append((dotted, "default"))
+    for key, _ in point:
+        if key not in dict(provenance):
+            provenance.append((key, "sweep"))
+    updated = spec.model_copy(update={
+        "training": spec.training.model_copy(update={k: sections["training"][k] for k in ("batch_size", "grad_accum")}),
+        "data": spec.data.model_copy(update={"max_length": sections["data"]["max_length"]}),
+    })
+    return updated, tuple(sorted(provenance))
+
+
+def _build_run(loaded: LoadedSpec, spec: Spec, name: str, kind: str, index: int, point, provenance, catalog,
+               issues: list[SpecIssue]) -> RunPlan:
+    located, spec_dir = loaded.located, loaded.path.parent
+    t = spec.training
+    steps = count_steps(spec, spec_dir) if kind == "train" else StepCount(0, "control: evaluation only")
+    schedule = None
+    if kind == "train" and steps.steps is not None:
+        cont = spec.continuation
+        if cont is not None and cont.strategy == "extend":
+            if cont.at_step >= steps.steps:
+                issues.append(located.issue(("continuation", "at_step"), f"run {name}: at_step ({cont.at_step}) must be "
+                                            f"< the new total ({steps.steps} steps)"))
+            else:
+                schedule = ScheduleSpec(t.schedule.kind, t.lr, t.schedule.warmup_steps, steps.steps, t.schedule.min_lr_ratio,
+                                        t.schedule.decay_fraction, start_step=cont.at_step, start_lr=cont.start_lr or t.lr)
+        elif t.schedule.warmup_steps >= steps.steps:
+            issues.append(located.issue(("training", "schedule", "warmup_steps"),
+                                        f"run {name}: warmup_steps ({t.schedule.warmup_steps}) must be < total steps "
+                                        f"({steps.steps}, {steps.source})"))
+        else:
+            schedule = ScheduleSpec(t.schedule.kind, t.lr, t.schedule.warmup_steps, steps.steps,
+                                    t.schedule.min_lr_ratio, t.schedule.decay_fraction)
+    test = spec.stages.test
+    if kind == "train" and test is not None and steps.steps is not None and test.max_steps >= steps.steps:
+        issues.append(located.issue(("stages", "test", "max_steps"),
+                                    f"run {name}: the test stage ({test.max_steps} steps) must be shorter than the full run ({steps.steps})"))
+    resources = resolve_resources(spec, catalog, located, issues, stage=None, run=name)
+    test_resources = resolve_resources(spec, catalog, located, issues, stage="test", run=name) if test and kind == "train" else None
+    config = _trainer_config(spec, spec_dir, name, kind, index, point, steps, schedule, provenance, resources, test_resources)
+    return RunPlan(spec.experiment, name, kind, index, tuple(point), spec, steps, schedule, tuple(provenance),
+                   resources, test_resources, config)
+
+
+def _trainer_config(spec: Spec, spec_dir: Path, name, kind, index, point, steps, schedule, provenance, resources,
+                    test_resources) -> dict:
+    """The resolved trainer config, exactly what `specc run` consumes (config.json)."""
+    model = spec.model.model_dump(mode="json")
+    model["path"] = _rel(spec_dir, spec.model.path)
+    data = spec.data.model_dump(mode="json")
+    for split in ("train", "valid", "test"):
+        data[split] = _rel(spec_dir, data[split])
+    training = spec.training.model_dump(mode="json")
+    training["total_steps"] = steps.steps
+    training["total_steps_source"] = steps.source
+    stages = {}
+    if test_resources is not None:
+        stages["test"] = {"max_steps": spec.stages.test.max_steps, "time": test_resources.time}
+    return {
+        "format_version": 1,
+        "specc_version": __version__,
+        "experiment": spec.experiment,
+        "run": name,
+        "kind": kind,
+        "index": index,
+        "backend": spec.backend,
+        "output_dir": f"runs/{spec.experiment}/{name}",
+        "sweep_point": {k: v for k, v in point},
+        "model": model,
+        "data": data,
+        "training": training,
+        "schedule": schedule.to_dict() if schedule else None,
+        "stages": stages,
+        "resources": resources.to_dict(),
+        "hypothesis": spec.hypothesis.model_dump(mode="json"),
+        "profile": spec.profile,
+        "provenance": dict(provenance),
+        "continuation": spec.continuation.model_dump(mode="json") if spec.continuation else None,
+    }

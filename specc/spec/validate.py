@@ -1,0 +1,76 @@
+"""Spec validation: pydantic errors become file:line:col issues, all of them at once."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from specc.errors import SpecError, SpecIssue
+from specc.spec.loader import Located, load_yaml
+from specc.spec.model import Spec
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    path: Path
+    located: Located
+    spec: Spec
+
+
+def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
+    """Field names valid at `path` inside `model` (for did-you-mean), best effort."""
+    current = model
+    for part in path:
+        if isinstance(part, int) or current is None:
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = _model_of(field.annotation)
+    return list(getattr(current, "model_fields", {}) or [])
+
+
+def _model_of(annotation):
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        m = _model_of(arg)
+        if m is not None:
+            return m
+    return None
+
+
+def pydantic_issues(exc: ValidationError, located: Located, model: type[BaseModel], prefix: tuple = ()) -> list[SpecIssue]:
+    """Turn every pydantic error into an issue anchored at the YAML node that caused it."""
+    issues = []
+    for err in exc.errors(include_url=False):
+        loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            key = loc[-1]
+            valid = _fields_at(model, loc[len(prefix):-1])
+            close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else (f"; valid keys: {', '.join(valid)}" if valid else "")
+            issues.append(located.issue(loc, f"unknown key {key!r}{hint}", key=True))
+        elif kind == "missing":
+            issues.append(located.issue(loc[:-1], f"missing required key {loc[-1]!r}"))
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if kind.startswith(("literal_error", "enum")):
+                msg = f"{msg} (got {err.get('input')!r})"
+            issues.append(located.issue(loc, msg))
+    return issues
+
+
+def load_spec(path: Path) -> LoadedSpec:
+    """Read and validate one spec file; raise SpecError with every problem found."""
+    located = load_yaml(path)
+    if not isinstance(located.data, dict):
+        raise SpecError([located.issue((), "a spec must be a mapping with keys such as experiment, model, data, training")])
+    try:
+        spec = Spec.model_validate(located.data)
+    except ValidationError as exc:
+        raise SpecError(pydantic_issues(exc, located, Spec)) from None
+    return LoadedSpec(Path(path), located, spec)
