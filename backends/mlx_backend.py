@@ -26,7 +26,9 @@ What it does, and the MLX facts behind it:
 - Training step: `nn.value_and_grad` over the trainable (LoRA) parameters, gradients accumulated
   across micro-batches here (tree_map add); the update is `mlx.optimizers.AdamW(bias_correction=True)`,
   which applies `p *= 1 - lr*wd` before the bias-corrected Adam step -- torch's decoupled AdamW.
-  Both the forward/backward and the update are `mx.compile`d (set SPECC_MLX_COMPILE=0 to disable).
+  On the GPU the forward/backward and the update are `mx.compile`d; on the CPU they are not, because
+  MLX's CPU compile JIT-builds C++ kernels (~25 s per new batch shape here) and was slower per step
+  for small models. SPECC_MLX_COMPILE=1/0 forces it either way.
 - Checkpoints: MLX is lazy, so everything is `mx.eval`ed before it is converted to numpy; only arrays
   are saved. bfloat16 values are widened to float32 (exact) and narrowed back on load (exact).
 - Export: `adapters.safetensors` + `adapter_config.json`, exactly what `mlx_lm lora` writes, so
@@ -147,7 +149,10 @@ class MLXBackend:
         self.optimizer = None
         self._grads = None
         self._info: dict[str, Any] = {}
-        self.compile = os.environ.get("SPECC_MLX_COMPILE", "1") not in ("0", "false", "no")
+        # None = decide in setup(): compile on the GPU (Metal), not on the CPU, where mx.compile JIT-builds
+        # C++ kernels with the system compiler (tens of seconds per new shape) and the step got slower.
+        env = os.environ.get("SPECC_MLX_COMPILE", "").strip().lower()
+        self.compile: bool | None = None if env in ("", "auto") else env not in ("0", "false", "no", "off")
 
     # ------------------------------------------------------------------ setup
     def setup(self, model: ModelSettings, lora: LoraSettings, optim: OptimizerSettings, seed: int) -> None:
@@ -174,6 +179,8 @@ class MLXBackend:
                             where="model.device")
         device = mx.default_device()
         on_gpu = device.type == mx.gpu
+        if self.compile is None:
+            self.compile = on_gpu
 
         # Load
         overrides = _rope_overrides(path)

@@ -24,9 +24,9 @@ Choices worth knowing:
   checkpointing behind the spec's back. Here the base is frozen by peft, LoRA weights are float32
   (peft's ``autocast_adapter_dtype``), and gradient checkpointing follows
   ``ModelSettings.gradient_checkpointing`` (non-reentrant, so no input-grad hook is needed).
-* Optimizer. torch.optim.AdamW with the single-tensor (``foreach=False, fused=False``)
-  implementation, so an update depends only on (param, grad, state) and resuming from ``state()``
-  is bit-exact.
+* Optimizer. torch.optim.AdamW with the fused kernel (CPU and CUDA): an update depends only on
+  (param, grad, state), so resuming from ``state()`` is bit-exact, and it is much faster than the
+  per-tensor loop for the hundreds of small LoRA tensors of a real model.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ import math
 import os
 import resource
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -182,20 +183,29 @@ class TorchBackend:
         if torch.cuda.is_available():
             torch.cuda.manual_seed_all(seed)
         try:
-            self.model = get_peft_model(base, config)
+            with warnings.catch_warnings():  # peft asks the deprecated is_gradient_checkpointing (transformers 5)
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                self.model = get_peft_model(base, config)
         except ValueError as exc:
             raise UserError(f"could not add LoRA adapters: {exc}",
                             hint="lora.target_modules must name Linear layers of the model, e.g. q_proj, v_proj") from exc
         if model.gradient_checkpointing:
-            self.model.get_base_model().gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+            hf = self.model.get_base_model()
+            if hasattr(hf, "activation_checkpointing_enable"):  # transformers >= 5 name
+                hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
 
         self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.trainable]
+        # The fused kernel (CPU and CUDA) is several times faster than the per-tensor loop for the
+        # hundreds of small LoRA tensors of a real model, and like it, each update depends only on
+        # (param, grad, state): resuming from state() stays bit-exact (tested).
+        self._fused = all(p.dtype in (torch.float32, torch.bfloat16, torch.float16) for p in self.params)
         self.optimizer = torch.optim.AdamW(
             self.params, lr=0.0, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay,
-            foreach=False, fused=False)
+            **({"fused": True} if self._fused else {"foreach": False}))
 
         hf = self.model.get_base_model()
         self._plain_head = (getattr(hf.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES
@@ -225,6 +235,7 @@ class TorchBackend:
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "torch_threads": torch.get_num_threads(),
+            "optimizer": "torch.optim.AdamW (" + ("fused" if self._fused else "single-tensor") + ")",
             "model_path": str(path),
         }
         self.model_path = path
@@ -376,7 +387,8 @@ class TorchBackend:
             if f"optim/{i}/exp_avg" not in state:
                 continue
             self.optimizer.state[p] = {
-                "step": torch.tensor(np.asarray(state[f"optim/{i}/step"]), dtype=torch.float32),
+                "step": torch.tensor(np.asarray(state[f"optim/{i}/step"]), dtype=torch.float32,
+                                     device=p.device if self._fused else "cpu"),
                 "exp_avg": self._to_param(state[f"optim/{i}/exp_avg"], p, f"optim/{i}/exp_avg"),
                 "exp_avg_sq": self._to_param(state[f"optim/{i}/exp_avg_sq"], p, f"optim/{i}/exp_avg_sq"),
             }

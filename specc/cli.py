@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from specc.errors import EXIT_FAILED, EXIT_USAGE, SpecError, UserError
 
@@ -18,7 +19,9 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def fail(exc: UserError) -> None:
-    err.print(f"[bold red]error[/]: {exc}" if not isinstance(exc, SpecError) else str(exc), markup=not isinstance(exc, SpecError))
+    # Messages hold user text (paths, names): escape it, or "[...]" in it would be read as rich markup.
+    err.print(f"[bold red]error[/]: {escape(str(exc))}" if not isinstance(exc, SpecError) else str(exc),
+              markup=not isinstance(exc, SpecError), emoji=False)
     raise typer.Exit(exc.exit_code)
 
 
@@ -55,9 +58,10 @@ def check(specs: List[Path] = typer.Argument(..., help="spec files")):
     for loaded, plan in plans:
         n_control = sum(r.kind == "control" for r in plan.runs)
         extra = f" + {n_control} control" if n_control else ""
-        out.print(f"[green]ok[/] {loaded.path}: experiment {plan.experiment}, {len(plan.runs) - n_control} run(s){extra}")
+        out.print(f"[green]ok[/] {escape(str(loaded.path))}: experiment {plan.experiment}, "
+                  f"{len(plan.runs) - n_control} run(s){extra}")
         for w in plan.warnings:
-            out.print(f"  [yellow]warning[/]: {w}")
+            out.print(f"  [yellow]warning[/]: {escape(w)}")
 
 
 @app.command()
@@ -82,15 +86,16 @@ def compile(
             if diff:
                 stale = True
                 sys.stdout.write("".join(diff))
-                err.print(f"[red]stale[/]: {root} does not match {loaded.path}; run `specc compile {loaded.path}`")
+                err.print(f"[red]stale[/]: {escape(str(root))} does not match {escape(str(loaded.path))}; "
+                          f"run `specc compile {escape(str(loaded.path))}`")
             else:
-                out.print(f"[green]up to date[/] {root}")
+                out.print(f"[green]up to date[/] {escape(str(root))}")
         else:
             result = write_files(root, files)
-            out.print(f"[green]compiled[/] {loaded.path} → {root}/ ({len(result.written)} written, "
+            out.print(f"[green]compiled[/] {escape(str(loaded.path))} → {escape(str(root))}/ ({len(result.written)} written, "
                       f"{result.unchanged} unchanged, {len(result.removed)} removed; {len(plan.runs)} run(s))")
             for w in plan.warnings:
-                out.print(f"  [yellow]warning[/]: {w}")
+                out.print(f"  [yellow]warning[/]: {escape(w)}")
     if stale:
         raise typer.Exit(EXIT_FAILED)
 
@@ -127,7 +132,7 @@ def main() -> None:
         err.print("aborted")
         sys.exit(130)
     except UserError as exc:
-        err.print(f"[bold red]error[/]: {exc}")
+        err.print(f"[bold red]error[/]: {escape(str(exc))}", emoji=False)
         sys.exit(exc.exit_code)
     except Exception as exc:  # click usage errors and the like
         import click

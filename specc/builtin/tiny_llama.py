@@ -28,10 +28,10 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 ARCHITECTURE = dict(
-    hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+    hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True, rope_theta=10000.0,
 )
-PRETRAIN = dict(steps=600, batch_size=32, lr=3e-3, warmup=40, seed=0)
+PRETRAIN = dict(steps=300, batch_size=16, seq_len=128, lr=3e-3, warmup=30, seed=0)
 
 
 def default_cache_root() -> Path:
@@ -58,7 +58,7 @@ def build_tokenizer():
 
 
 def _sentence(rng: random.Random) -> str:
-    words = [w.capitalize() if rng.random() < 0.15 else w for w in random_phrase(rng, 3, 10)]
+    words = [w.capitalize() if rng.random() < 0.15 else w for w in random_phrase(rng, 3, 8)]
     words[0] = words[0].capitalize()
     return " ".join(words) + rng.choice(".?!")
 
@@ -82,7 +82,7 @@ def pretraining_document(rng: random.Random, tokenizer) -> str:
     """One document of the general pretraining corpus (text without bos; eos appended)."""
     kind = rng.random()
     if kind < 0.25:
-        return " ".join(_sentence(rng) for _ in range(rng.randint(1, 3))) + EOS
+        return _sentence(rng) + EOS
     name = rng.choice(sorted(_TASKS))
     source, target = _TASKS[name](rng, random_phrase(rng))
     prompt, answer = f"{name}: {' '.join(source)}", " ".join(target)
@@ -92,27 +92,37 @@ def pretraining_document(rng: random.Random, tokenizer) -> str:
     return f"{prompt}\n{answer}{EOS}"
 
 
+def _packed_batches(tokenizer, rng: random.Random, batch_size: int, seq_len: int):
+    """Endless [batch_size, seq_len] rows of concatenated documents (bos ... eos): no padding wasted."""
+    import torch
+
+    buf: list[int] = []
+    while True:
+        while len(buf) < batch_size * seq_len:
+            buf += tokenizer(pretraining_document(rng, tokenizer))["input_ids"]
+        rows, buf = buf[:batch_size * seq_len], buf[batch_size * seq_len:]
+        yield torch.tensor(rows).view(batch_size, seq_len)
+
+
 def _pretrain(model, tokenizer, log=None) -> None:
     """Train all parameters briefly with a plain causal-LM loss on the generated corpus."""
     import torch
 
     cfg = PRETRAIN
-    rng = random.Random(cfg["seed"])
+    batches = _packed_batches(tokenizer, random.Random(cfg["seed"]), cfg["batch_size"], cfg["seq_len"])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg["warmup"]) * max(
         0.05, 1 - s / cfg["steps"]))
     model.train()
     for step in range(cfg["steps"]):
-        docs = [pretraining_document(rng, tokenizer) for _ in range(cfg["batch_size"])]
-        enc = tokenizer(docs, return_tensors="pt", padding=True)
-        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-        loss = model(**enc, labels=labels).loss
+        ids = next(batches)
+        loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        if log and (step % 100 == 0 or step == cfg["steps"] - 1):
+        if log and (step % 50 == 0 or step == cfg["steps"] - 1):
             log(f"pretrain step {step}: loss {loss.item():.3f}")
     model.eval()
 

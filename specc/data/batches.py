@@ -40,7 +40,7 @@ class BatchPlan:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self._rows = _RowBuilder(sequences, max_length, packing, pad_id)
-        self.batch_size = batch_size
+        self.batch_size, self.max_length, self.packing = batch_size, max_length, packing
         self.seed = seed
         self._layout_epoch: int | None = None
         self._layout: list[list[int]] = []

@@ -14,11 +14,15 @@ Chat masks come from rendering prefixes. For assistant message i, render message
 message's content replaced by a marker character: the text before the marker is exactly what precedes
 the content (the template's assistant header included). Render messages[:i+1] as they are: where that
 stops agreeing with the full rendering is where the turn ends, after the template's end-of-turn text.
-(A marker rather than add_generation_prompt=True: some templates close every rendering, e.g. with eos,
-before the generation prompt, and templates refuse an empty conversation when the assistant speaks
-first.) The tokens of the full rendering (tokenized once, with offsets) whose first character lies in
-such a span are targets. Working in characters rather than token prefixes keeps this right even when
-the tokenizer merges text across a turn boundary.
+A token of the full rendering (tokenized once, with offsets) is a target when its last character lies
+in such a span: a token that carries the space before the content ("▁answer") counts; a header token
+ending where the content starts does not, nor does a next turn's header of which the two renderings
+happen to share a character. Why a marker rather than add_generation_prompt=True: some templates close
+every rendering (e.g. with eos) before the generation prompt, and templates refuse an empty
+conversation when the assistant speaks first. Why characters rather than token prefixes: a prefix
+tokenized alone can split differently from the whole conversation. A template that renders earlier
+turns differently once later turns exist (history rewriting) is refused with a UserError rather than
+guessed at.
 
 Sequences longer than max_length are truncated (stride=None) or cut into windows of max_length that
 start every `stride` tokens, the last window ending at the sequence's end. The first token of a
@@ -26,6 +30,7 @@ window has no context in it, so it is never a target there; a window without tar
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -110,6 +115,8 @@ def tokenize_split(tokenizer, examples: list[dict], fmt: str, max_length: int,
                    stride: int | None) -> tuple[list[Sequence], TokenizationReport]:
     """Tokenize a whole split at once (batched through the fast tokenizer) and cut it to max_length."""
     _check_lengths(max_length, stride)
+    if fmt not in _FULL_SEQUENCES:
+        raise UserError(f"unknown data format {fmt!r}", hint=f"use one of: {', '.join(_FULL_SEQUENCES)}")
     full = _FULL_SEQUENCES[fmt](tokenizer, examples)
     sequences: list[Sequence] = []
     n_truncated = n_dropped = n_unique = 0
@@ -193,52 +200,91 @@ def _chat(tokenizer, examples: list[dict]) -> list[tuple[list[int], list[int]]]:
     if not getattr(tokenizer, "chat_template", None):
         raise UserError("format 'chat' needs a chat template, and this model's tokenizer has none",
                         hint="use a chat/instruct model, or convert the data to format 'prompt_completion'")
-    rendered = [_render_chat(tokenizer, e["messages"], k) for k, e in enumerate(examples)]
-    try:
-        enc = tokenizer([text for text, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
-    except NotImplementedError as e:   # slow (Python) tokenizers have no offsets
-        raise UserError("format 'chat' needs a fast tokenizer (a tokenizer.json in the model directory)",
-                        hint="save the tokenizer with a recent transformers, which writes tokenizer.json") from e
+    texts, spans = _render_chats(tokenizer, [e["messages"] for e in examples])
     out = []
-    for ids, offsets, (_, spans) in zip(enc["input_ids"], enc["offset_mapping"], rendered):
-        mask = [int(any(a <= first < b for a, b in spans)) for first, _ in offsets]
-        if mask:
-            mask[0] = 0
-        out.append((list(ids), mask))
+    for ids, offsets, turns in zip(*_encode(tokenizer, texts, with_offsets=True), spans):
+        ends = [end for _, end in offsets]   # in text order, so each turn is one run of tokens
+        mask = [0] * len(ids)
+        for start, end in turns:
+            lo, hi = bisect.bisect_right(ends, start), bisect.bisect_right(ends, end)
+            mask[lo:hi] = [1] * (hi - lo)
+        mask[:1] = [0]
+        out.append((ids, mask))
     return out
 
 
-def _render_chat(tokenizer, messages: list[dict], k: int) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of its assistant turns."""
-    full = _render(tokenizer, messages, k)
+def _render_chats(tokenizer, conversations: list[list[dict]]) -> tuple[list[str], list[list[tuple[int, int]]]]:
+    """Each conversation rendered, and the character spans of its assistant turns. All renderings go
+    through the template in one batched call, which saves most of transformers' per-call overhead."""
+    jobs: list[list[dict]] = []
+    owners: list[int] = []
+
+    def render_later(messages: list[dict], k: int) -> int:
+        jobs.append(messages)
+        owners.append(k)
+        return len(jobs) - 1
+
+    plans = []
+    for k, messages in enumerate(conversations):
+        full = render_later(messages, k)
+        turns = [(i, render_later([*messages[:i], {**m, "content": CONTENT_MARKER}], k),
+                  full if i == len(messages) - 1 else render_later(messages[:i + 1], k))
+                 for i, m in enumerate(messages) if m["role"] == "assistant"]
+        plans.append((full, turns))
+    rendered = _render_all(tokenizer, jobs, owners)
+
     spans = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        marked = _render(tokenizer, [*messages[:i], {**message, "content": CONTENT_MARKER}], k)
-        before = marked[:marked.find(CONTENT_MARKER)]
-        if CONTENT_MARKER not in marked or not full.startswith(before):
-            raise UserError(
-                f"example {k + 1}: cannot locate assistant message {i} in the rendered conversation: the chat "
-                "template renders earlier turns differently once later turns exist",
-                hint="such templates rewrite history (e.g. drop earlier reasoning); put one assistant turn per "
-                     "example, or use format 'prompt_completion'")
-        through = full if i == len(messages) - 1 else _render(tokenizer, messages[: i + 1], k)
-        spans.append((len(before), len(os.path.commonprefix([through, full]))))
-    return full, spans
+    for k, (full_job, turns) in enumerate(plans):
+        full = rendered[full_job]
+        spans.append([])
+        for i, marked_job, through_job in turns:
+            marked = rendered[marked_job]
+            found = marked.find(CONTENT_MARKER)
+            before = marked[:found]
+            through = rendered[through_job]
+            end = len(through) if full.startswith(through) else len(os.path.commonprefix([through, full]))
+            content = conversations[k][i]["content"].strip()
+            if found < 0 or not full.startswith(before) or content not in full[len(before):end]:
+                raise UserError(
+                    f"example {k + 1}: cannot locate assistant message {i} in the rendered conversation: the "
+                    "chat template renders earlier turns differently once later turns exist",
+                    hint="such templates rewrite history (e.g. drop earlier reasoning); put one assistant turn "
+                         "per example, or use format 'prompt_completion'")
+            spans[-1].append((len(before), end))
+    return [rendered[full_job] for full_job, _ in plans], spans
 
 
-def _render(tokenizer, messages: list[dict], k: int, add_generation_prompt: bool = False) -> str:
+def _render_all(tokenizer, conversations: list[list[dict]], owners: list[int]) -> list[str]:
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    except Exception as e:   # jinja errors and template-raised exceptions alike
-        raise UserError(f"example {k + 1}: the chat template failed: {e}",
-                        hint="check the roles' order this model's template accepts "
-                             "(many require system?, user, assistant, user, ...)") from e
+        return list(tokenizer.apply_chat_template(conversations, tokenize=False))
+    except Exception:   # jinja errors and template-raised exceptions alike: find the example to blame
+        for messages, k in zip(conversations, owners):
+            try:
+                tokenizer.apply_chat_template(messages, tokenize=False)
+            except Exception as e:
+                raise UserError(f"example {k + 1}: the chat template failed: {e}",
+                                hint="check the order of roles this model's template accepts "
+                                     "(many require: system?, user, assistant, user, ...)") from e
+        raise
 
 
 def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
-    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    return _encode(tokenizer, texts)[0]
+
+
+def _encode(tokenizer, texts: list[str], with_offsets: bool = False) -> tuple[list[list[int]], list]:
+    """Token ids (and character offsets) of each text, without special tokens added. Goes straight to
+    the Rust tokenizer when there is one: transformers' per-text conversion costs more than encoding."""
+    if not texts:
+        return [], []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        encodings = backend.encode_batch(texts, add_special_tokens=False)
+        return [e.ids for e in encodings], [e.offsets for e in encodings]
+    if with_offsets:   # slow (Python) tokenizers have no offsets
+        raise UserError("format 'chat' needs a fast tokenizer (a tokenizer.json in the model directory)",
+                        hint="save the tokenizer with a recent transformers, which writes tokenizer.json")
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]], []
 
 
 def _bos(tokenizer) -> list[int]:

@@ -4,14 +4,15 @@ from __future__ import annotations
 import re
 import shlex
 
+from specc.errors import UserError
 from specc.plan.runs import RunPlan
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _FLAG = re.compile(r"^[a-z][a-z-]*$")
 
 
-class UnsafeValue(ValueError):
-    pass
+class UnsafeValue(UserError, ValueError):
+    """A value that must not reach a script; the CLI reports it like any other user error (exit 1, no traceback)."""
 
 
 def safe(value: object) -> str:

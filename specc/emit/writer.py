@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jinja2
 
-from specc.emit.sbatch import job_flags, q, render_flags
+from specc.emit.sbatch import job_flags, q, render_flags, safe
 from specc.plan.baseline import Baseline, resolve_baseline
 from specc.plan.runs import ExperimentPlan, RunPlan
 from specc.plan.schedule import schedule_csv
@@ -55,7 +55,7 @@ def job_script(run: RunPlan, source: str, *, stage, select_config, log, job_name
     res = run.test_resources if stage == "test" else run.resources
     distributed = res.gpus > 1 or res.nodes > 1
     return _env().get_template("job.sbatch.j2").render(
-        source=source, what=what,
+        source=safe(source), what=safe(what),   # comment lines: a newline in a spec's path would start a command
         sbatch_lines=render_flags(job_flags(run, stage=stage, log=log, job_name=job_name, array=array)),
         max_requeues=int(res.max_requeues), select_config=select_config,
         stage_arg=" --stage test" if stage == "test" else "",

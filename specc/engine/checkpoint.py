@@ -5,7 +5,7 @@ Layout (stable; tests and tools read it)::
     <ckpt_root>/step_0000250/
         state.safetensors     every array from Backend.state() (adapter, optimizer, rng)
         trainer_state.json    the engine's dict, plus "format_version"
-        adapter/              optional files written by `write_extra` (exported PEFT / mlx-lm adapter)
+        adapter/              optional, written by `write_extra` (the exported PEFT / mlx-lm adapter)
         manifest.json         written last: {"format_version": 1, "step": N,
                               "files": {relpath: {"sha256": ..., "size": ...}}}
 
@@ -22,6 +22,11 @@ dirs, and returns the highest step whose manifest verifies (a bad one is skipped
 Dtypes are kept exactly (bytes in, bytes out). numpy has no bfloat16: a backend hands bf16 state over
 either as a `uint16` view of the raw bits (bit-exact; the backend views it back) or upcast to float32
 (also exact, since every bf16 value is a float32). bfloat16/ml_dtypes arrays are rejected here.
+
+One writer per checkpoint directory at a time (the engine holds the run lock): `find_latest_valid`
+removes every `*.tmp-*` it finds. The SIGKILL test proves crash-consistency at the process level; the
+fsyncs are what extend it to power loss (F_FULLFSYNC on macOS). safetensors is imported lazily, so
+importing this module needs only numpy.
 
 Every filesystem write goes through the small module-level seams below (`_write_bytes`,
 `_save_safetensors`, `_fsync`, `_rename`, `_mkdir`) so tests can inject faults.
@@ -47,7 +52,6 @@ FORMAT_VERSION = 1
 STATE_FILE = "state.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
-EXTRA_DIR = "adapter"
 
 _STEP_RE = re.compile(r"^step_(\d+)$")
 # Leftovers of interrupted work: tmp = unfinished save, old = replaced copy set aside, del = being pruned.
@@ -146,7 +150,7 @@ def _fsync_dir(path: Path) -> None:
 def _hash_file(path: Path, *, fsync: bool = False) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
-    with open(path, "r+b" if fsync else "rb") as f:
+    with open(path, "rb") as f:  # fsync through a read-only fd is fine on Linux and macOS
         while chunk := f.read(_CHUNK):
             h.update(chunk)
             size += len(chunk)
@@ -323,9 +327,10 @@ def write_checkpoint(
 ) -> Path:
     """Atomically write checkpoint `step` under `ckpt_root`, then prune; return its directory.
 
-    `write_extra(adapter_dir)` is called with the (existing, empty) `adapter/` directory of the
-    checkpoint being written; whatever it writes there is fsynced and listed in the manifest. The
-    just-written step and `protect` (e.g. the best step) are never pruned.
+    `write_extra(ckpt_dir)` is called with the in-progress checkpoint directory (state.safetensors
+    and trainer_state.json already in it) and may add files, by convention under `adapter/`; it must
+    not touch the existing files or write manifest.json. Everything it writes is fsynced and listed
+    in the manifest. The just-written step and `protect` (e.g. the best step) are never pruned.
     Raises CheckpointWriteError on any filesystem error; the previous checkpoint is then intact.
     """
     if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
@@ -371,10 +376,8 @@ def write_checkpoint(
         doing[0] = f"writing {TRAINER_STATE_FILE}"
         _write_bytes(tmp / TRAINER_STATE_FILE, state_json)
         if write_extra is not None:
-            doing[0] = f"creating {EXTRA_DIR}/"
-            _mkdir(tmp / EXTRA_DIR)
-            doing[0] = f"writing {EXTRA_DIR}/ (write_extra)"
-            write_extra(tmp / EXTRA_DIR)
+            doing[0] = "write_extra (exporting extra files)"
+            write_extra(tmp)
         files = _sync_tree(tmp, doing)
         manifest = {"format_version": FORMAT_VERSION, "step": step, "files": files}
         doing[0] = f"writing {MANIFEST_FILE}"
@@ -402,7 +405,9 @@ def write_checkpoint(
                     intact = f"the existing {name} was kept as {aside.name}; resuming restores it"
             note = intact
         else:
-            note = f"{name} is in place but may not survive a power loss; {intact}"
+            note = f"the new {name} is in place but may not survive a power loss"
+            if not moved_aside:
+                note += f"; {intact}"
         raise CheckpointWriteError(
             f"could not save checkpoint {name}: {doing[0]} failed with {_errno_name(e)}"
             f" ({e.strerror or e}); {note}",
@@ -447,8 +452,8 @@ def verify_checkpoint(path: Path) -> None:
     if not isinstance(manifest, dict):
         raise bad(f"{MANIFEST_FILE} is not a JSON object")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise bad(f"{MANIFEST_FILE} has no integer format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise bad(f"{MANIFEST_FILE} has no valid format_version")
     if version > FORMAT_VERSION:
         raise UnsupportedCheckpointFormat(
             f"checkpoint format_version {version} is newer than this specc reads ({FORMAT_VERSION})",

@@ -80,7 +80,8 @@ def resolve_resources(spec: Spec, catalog: Catalog, located: Located, issues: li
         if cname not in catalog.clusters or pname not in catalog.clusters[cname].partitions:
             bad(at + ("choices",), f"choice {cname}/{pname} is not in the catalog")
     if partition not in cluster.partitions:
-        bad(("resources", "partition"), f"partition {partition!r} is not in cluster {r.cluster!r} (known: {', '.join(cluster.partitions)})")
+        where = at + ("partition",) if test and test.partition else ("resources", "partition")
+        bad(where, f"partition {partition!r} is not in cluster {r.cluster!r} (known: {', '.join(cluster.partitions)})")
         return _placeholder(r)
     part = cluster.partitions[partition]
 
@@ -93,9 +94,11 @@ def resolve_resources(spec: Spec, catalog: Catalog, located: Located, issues: li
     else:
         time, time_source = part.max_time, f"partition {partition} maximum"
     seconds = parse_time(time)
-    if seconds > part.max_seconds:
-        bad(at + ("time",) if test else ("resources", "time" if r.time else "window_hours"),
-            f"time limit {time} exceeds partition {partition}'s maximum {part.max_time}")
+    # Where the time limit came from: that is the line to fix.
+    time_at = at + ("time",) if test else ("resources", "time" if r.time else "window_hours" if r.window_hours else "partition")
+    over_partition = seconds > part.max_seconds
+    if over_partition:
+        bad(time_at, f"time limit {time} exceeds partition {partition}'s maximum {part.max_time}")
 
     qos = r.qos
     if qos is not None and cluster.qos and qos not in cluster.qos:
@@ -104,9 +107,9 @@ def resolve_resources(spec: Spec, catalog: Catalog, located: Located, issues: li
         bad(("resources", "qos"), f"time limit {time} exceeds QoS {qos}'s maximum {cluster.qos[qos].max_time}")
     elif qos is None and cluster.qos:
         qos = cluster.qos_for(seconds)
-        if qos is None:
+        if qos is None and not over_partition:   # one mistake, one message
             longest = max(cluster.qos.values(), key=lambda q: q.max_seconds).max_time
-            bad(at + ("time",) if test else ("resources",), f"time limit {time} exceeds every QoS of {r.cluster} (longest {longest})")
+            bad(time_at, f"time limit {time} exceeds every QoS of {r.cluster} (longest {longest})")
 
     if r.nodes > part.nodes:
         bad(("resources", "nodes"), f"{r.nodes} nodes requested, partition {partition} has {part.nodes}")

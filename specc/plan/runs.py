@@ -167,6 +167,8 @@ def plan_experiment(loaded: LoadedSpec) -> ExperimentPlan:
         if issues:
             raise SpecError(issues)
         points = [tuple(p) for p in itertools.product(*axes)]
+        # Where each axis value is written, so a bad value is reported at its own line, once.
+        value_index = {key: values for key, values in spec.sweep.matrix.items()}
 
     base = {k: v for k, v in located.data.items() if k != "sweep"}
     runs: list[RunPlan] = []
@@ -176,14 +178,11 @@ def plan_experiment(loaded: LoadedSpec) -> ExperimentPlan:
         raw = copy.deepcopy(base) if point else base
         for key, value in point:
             _set(raw, tuple(key.split(".")), value)
-        where = ("sweep", "matrix", point[0][0]) if point else ()
         try:
             run_spec = Spec.model_validate(raw) if point else spec
         except ValidationError as exc:
-            label = ", ".join(f"{k}={_format_value(v) if not isinstance(v, dict) else '{…}'}" for k, v in point)
             for issue in pydantic_issues(exc, located, Spec):
-                line, col = located.where(where) if point else (issue.line, issue.col)
-                issues.append(SpecIssue(issue.file, line, col, f"sweep point ({label}): {issue.message}", issue.path))
+                issues.append(_point_issue(located, issue, point, value_index))
             continue
         run_spec, provenance = _apply_profile(run_spec, point)
         resolved = run_spec.model_dump(mode="json")
@@ -218,13 +217,27 @@ def plan_experiment(loaded: LoadedSpec) -> ExperimentPlan:
                 break
             runs.append(_build_run(loaded, run_spec, name, "control", len(runs), (), (), catalog, issues))
     if issues:
-        raise SpecError(issues)
+        raise SpecError(list(dict.fromkeys(issues)))   # one bad axis value fails many points: report it once
     for run in runs:
         if run.kind == "train" and run.steps.steps and run.spec.training.checkpoint_every > run.steps.steps:
             warnings.append(f"run {run.name}: checkpoint_every ({run.spec.training.checkpoint_every}) exceeds the run's "
                             f"{run.steps.steps} steps: only the final checkpoint is written")
             break
     return ExperimentPlan(loaded.path, spec.experiment, spec, tuple(runs), catalog_source, tuple(warnings))
+
+
+def _point_issue(located, issue: SpecIssue, point, value_index) -> SpecIssue:
+    """Anchor a sweep point's validation problem at the matrix value that caused it."""
+    field = tuple(issue.path.split(".")) if issue.path else ()
+    for key, value in sorted(point, key=lambda kv: -kv[0].count(".")):   # the most specific axis first
+        axis = tuple(key.split("."))
+        if field[:len(axis)] == axis or not field:
+            where = ("sweep", "matrix", key, value_index[key].index(value)) + field[len(axis):]
+            line, col = located.where_key(where) if len(field) > len(axis) else located.where(where)
+            label = f"{key}={_format_value(value) if not isinstance(value, dict) else '{…}'}"
+            return SpecIssue(issue.file, line, col, f"sweep value {label}: {issue.message}", issue.path)
+    label = ", ".join(f"{k}={_format_value(v) if not isinstance(v, dict) else '{…}'}" for k, v in point)
+    return SpecIssue(issue.file, issue.line, issue.col, f"sweep point ({label}): {issue.message}", issue.path)
 
 
 def _label(point) -> str:
@@ -279,12 +292,15 @@ def _build_run(loaded: LoadedSpec, spec: Spec, name: str, kind: str, index: int,
     if kind == "train" and steps.steps is not None:
         cont = spec.continuation
         if cont is not None and cont.strategy == "extend":
+            start_lr = cont.start_lr or t.lr
             if cont.at_step >= steps.steps:
                 issues.append(located.issue(("continuation", "at_step"), f"run {name}: at_step ({cont.at_step}) must be "
                                             f"< the new total ({steps.steps} steps)"))
             else:
-                schedule = ScheduleSpec(t.schedule.kind, t.lr, t.schedule.warmup_steps, steps.steps, t.schedule.min_lr_ratio,
-                                        t.schedule.decay_fraction, start_step=cont.at_step, start_lr=cont.start_lr or t.lr)
+                # An extension decays linearly or by a cosine (as schedule.extend does): say so in config.json.
+                decay = "linear" if t.schedule.kind == "linear" else "cosine"
+                schedule = ScheduleSpec(decay, t.lr, t.schedule.warmup_steps, steps.steps, t.schedule.min_lr_ratio,
+                                        t.schedule.decay_fraction, start_step=cont.at_step, start_lr=start_lr)
         elif t.schedule.warmup_steps >= steps.steps:
             issues.append(located.issue(("training", "schedule", "warmup_steps"),
                                         f"run {name}: warmup_steps ({t.schedule.warmup_steps}) must be < total steps "

@@ -74,10 +74,11 @@ def lr(spec: ScheduleSpec, step: int) -> float:
     if spec.kind == "constant":
         return spec.peak_lr
     span = last - spec.warmup_steps
-    if span <= 0:
-        return spec.peak_lr
+    if span <= 0:   # warmup ends on the last step: the last step is still the minimum
+        return lo
     if spec.kind == "wsd":
-        decay_start = spec.warmup_steps + round(span * (1.0 - spec.decay_fraction))
+        # At least one decay step, or a short run would end at the peak instead of the minimum.
+        decay_start = min(last - 1, spec.warmup_steps + round(span * (1.0 - spec.decay_fraction)))
         if step <= decay_start:
             return spec.peak_lr
         p = (step - decay_start) / max(1, last - decay_start)
@@ -108,9 +109,9 @@ def key_steps(spec: ScheduleSpec, points: int = 20) -> list[int]:
     steps = {first, last}
     if not spec.start_step and spec.warmup_steps:
         steps |= {spec.warmup_steps - 1, min(spec.warmup_steps, last)}
-    if spec.kind == "wsd" and not spec.start_step:
+    if spec.kind == "wsd" and not spec.start_step and last > spec.warmup_steps:
         span = last - spec.warmup_steps
-        steps.add(min(last, spec.warmup_steps + round(span * (1.0 - spec.decay_fraction))))
+        steps.add(min(last - 1, spec.warmup_steps + round(span * (1.0 - spec.decay_fraction))))
     if last > first:
         steps |= {first + round((last - first) * i / points) for i in range(points + 1)}
     return sorted(s for s in steps if first <= s <= last)

@@ -9,13 +9,13 @@ from pydantic import Field, ValidationError, field_validator
 
 from specc.errors import SpecError
 from specc.spec.loader import load_yaml, load_yaml_text
-from specc.spec.model import Strict, parse_time
+from specc.spec.model import Name, Strict, parse_time
 
 
 class Partition(Strict):
     max_time: str
     gpus_per_node: int = Field(0, ge=0)
-    gpu_type: str | None = None
+    gpu_type: Name | None = None
     cpus_per_node: int = Field(1, ge=1)
     mem_gb: float = Field(1, gt=0)
     nodes: int = Field(1, ge=1)
@@ -35,6 +35,12 @@ class Partition(Strict):
 class Qos(Strict):
     max_time: str
 
+    @field_validator("max_time")
+    @classmethod
+    def _t(cls, v):
+        parse_time(v)
+        return v
+
     @property
     def max_seconds(self) -> int:
         return parse_time(self.max_time)
@@ -46,9 +52,9 @@ class GpuType(Strict):
 
 class Cluster(Strict):
     description: str = ""
-    partitions: dict[str, Partition] = Field(min_length=1)
-    qos: dict[str, Qos] = Field(default_factory=dict)
-    gpu_types: dict[str, GpuType] = Field(default_factory=dict)
+    partitions: dict[Name, Partition] = Field(min_length=1)
+    qos: dict[Name, Qos] = Field(default_factory=dict)
+    gpu_types: dict[Name, GpuType] = Field(default_factory=dict)
 
     def qos_for(self, seconds: int) -> str | None:
         """The QoS with the smallest limit that still covers `seconds` (short ≤ 24 h, long ≤ 72 h)."""
@@ -57,7 +63,7 @@ class Cluster(Strict):
 
 
 class Catalog(Strict):
-    clusters: dict[str, Cluster] = Field(min_length=1)
+    clusters: dict[Name, Cluster] = Field(min_length=1)
 
 
 def _parse(located) -> Catalog:

@@ -25,6 +25,12 @@ _DEFAULT_TAGS = {
 }
 _MAX_NODES = 200_000
 _INT = re.compile(r"^[-+]?(0|[1-9][0-9_]*)$|^0x[0-9a-fA-F_]+$|^0o[0-7_]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def dotted(path: tuple) -> str:
+    """A field path for messages; keys with control characters are escaped so an issue stays one line."""
+    return ".".join(repr(p)[1:-1] if isinstance(p, str) and _CONTROL.search(p) else str(p) for p in path)
 
 
 @dataclass
@@ -49,7 +55,7 @@ class Located:
 
     def issue(self, path: tuple, message: str, *, key: bool = False) -> SpecIssue:
         line, col = self.where_key(path) if key else self.where(path)
-        return SpecIssue(self.file, line, col, message, ".".join(str(p) for p in path))
+        return SpecIssue(self.file, line, col, message, dotted(path))
 
 
 def load_yaml(path: Path, display: str | None = None) -> Located:
@@ -94,7 +100,7 @@ class _Builder:
 
     def _issue(self, node, path, message):
         m = node.start_mark
-        self.issues.append(SpecIssue(self.located.file, m.line + 1, m.column + 1, message, ".".join(map(str, path))))
+        self.issues.append(SpecIssue(self.located.file, m.line + 1, m.column + 1, message, dotted(path)))
 
     def build(self, node, path):
         self.count += 1

@@ -11,7 +11,7 @@ import math
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SLUG = re.compile(r"^[A-Za-z0-9._-]+$")
 TIME = re.compile(r"^(?:(\d+)-)?(\d{1,3}):(\d{2})(?::(\d{2}))?$")
@@ -19,7 +19,22 @@ MEM = re.compile(r"^\d+(?:\.\d+)?[KMGT]?$")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # No inf/nan: `epochs: .inf` would otherwise pass `gt=0` and crash the planner.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _plain_name(v: str) -> str:
+    # Cluster, partition, QoS and GPU-type names reach #SBATCH lines: a newline would end one.
+    if _CONTROL.search(v):
+        raise ValueError(f"{v!r} contains control characters (newline, tab, ...)")
+    return v
+
+
+# A name that may reach an sbatch script.
+Name = Annotated[str, Field(min_length=1), AfterValidator(_plain_name)]
 
 
 def parse_time(value: str) -> int:
@@ -141,19 +156,19 @@ class Training(Strict):
 
 
 class Choice(Strict):
-    cluster: str | None = None
-    partition: str
-    qos: str | None = None
+    cluster: Name | None = None
+    partition: Name
+    qos: Name | None = None
 
 
 class Resources(Strict):
-    cluster: str = "local"
+    cluster: Name = "local"
     catalog: str | None = Field(None, description="clusters catalog YAML; default: clusters.yaml beside the spec, else the built-in")
-    partition: str | None = None
-    qos: str | None = None
+    partition: Name | None = None
+    qos: Name | None = None
     choices: list[Choice] = Field(default_factory=list, description="(cluster, partition) preferences for specc submit")
     gpus: int = Field(0, ge=0, le=1024)
-    gpu_type: str | None = None
+    gpu_type: Name | None = None
     nodes: int = Field(1, ge=1, le=1024)
     cpus: int = Field(2, ge=1, le=4096)
     mem: str = "8G"
@@ -181,7 +196,7 @@ class Resources(Strict):
 class TestStage(Strict):
     max_steps: int = Field(20, ge=1)
     time: str = "00:15:00"
-    partition: str | None = None
+    partition: Name | None = None
     choices: list[Choice] = Field(default_factory=list)
 
     @field_validator("time")

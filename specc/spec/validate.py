@@ -19,6 +19,25 @@ class LoadedSpec:
     spec: Spec
 
 
+# Names other tools use for our fields, so that `learning_rate` suggests `lr`.
+SYNONYMS = {
+    "learning_rate": "lr", "peak_lr": "lr", "lr_schedule": "schedule", "warmup": "warmup_steps",
+    "num_epochs": "epochs", "steps": "max_steps", "gradient_accumulation_steps": "grad_accum",
+    "gradient_accumulation": "grad_accum", "max_seq_length": "max_length", "seq_len": "max_length",
+    "lora_rank": "rank", "r": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout", "time_limit": "time",
+}
+
+
+def did_you_mean(key: str, valid: list[str]) -> str | None:
+    """The valid field a mistyped key most likely meant, typos of other tools' names included."""
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    aliases = [a for a, target in SYNONYMS.items() if target in valid]
+    close = difflib.get_close_matches(key.lower(), aliases, n=1, cutoff=0.75)
+    return SYNONYMS[close[0]] if close else None
+
+
 def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
     """Field names valid at `path` inside `model` (for did-you-mean), best effort."""
     current = model
@@ -48,11 +67,14 @@ def pydantic_issues(exc: ValidationError, located: Located, model: type[BaseMode
     for err in exc.errors(include_url=False):
         loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         kind = err["type"]
-        if kind == "extra_forbidden":
+        if loc and loc[-1] == "[key]":   # a bad mapping key: point at the key itself
+            msg = err["msg"].removeprefix("Value error, ")
+            issues.append(located.issue(loc[:-1], f"key {loc[-2]!r}: {msg}", key=True))
+        elif kind == "extra_forbidden":
             key = loc[-1]
             valid = _fields_at(model, loc[len(prefix):-1])
-            close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else (f"; valid keys: {', '.join(valid)}" if valid else "")
+            close = did_you_mean(str(key), valid)
+            hint = f"; did you mean {close!r}?" if close else (f"; valid keys: {', '.join(valid)}" if valid else "")
             issues.append(located.issue(loc, f"unknown key {key!r}{hint}", key=True))
         elif kind == "missing":
             issues.append(located.issue(loc[:-1], f"missing required key {loc[-1]!r}"))

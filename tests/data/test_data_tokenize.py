@@ -1,5 +1,4 @@
 import json
-import time
 
 import numpy as np
 import pytest
@@ -84,6 +83,32 @@ def test_chat_template_that_ends_the_conversation_with_eos(tokenizer):
                 {"role": "user", "content": "w3"}, {"role": "assistant", "content": "w4"}]
     [seq] = encode(tok, {"messages": messages}, "chat", 64, None)
     assert targets_of(seq, tok) == ["w2", "<|end|>", "w4", "<|end|>", "</s>"]
+
+
+def test_chat_with_spaces_merged_into_tokens():
+    # SentencePiece-style tokens carry the space before them ("▁answer" spans " answer"), and this
+    # Mistral-like template puts that space in the assistant header: the token is still a target.
+    specials = ["<pad>", "<s>", "</s>", "[UNK]", "[INST]", "[/INST]"]
+    vocab = {t: i for i, t in enumerate(specials + ["▁hello", "▁world", "▁answer", "▁the"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.add_special_tokens(specials)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="[UNK]")
+    tokenizer.chat_template = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] "
+                               "{{ m['content'] }}[/INST]{% else %} {{ m['content'] }}</s>{% endif %}{% endfor %}")
+    messages = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "answer the"},
+                {"role": "user", "content": "world"}, {"role": "assistant", "content": "the"}]
+    [seq] = encode(tokenizer, {"messages": messages}, "chat", 64, None)
+    assert targets_of(seq, tokenizer) == ["▁answer", "▁the", "</s>", "▁the", "</s>"]
+
+
+def test_chat_template_that_rewrites_history_is_a_user_error():
+    tok = make_tokenizer(chat_template=CHAT_TEMPLATE.replace(
+        "{{ m['content'] }}", "{% if m['role'] == 'assistant' and not loop.last %}w0{% else %}{{ m['content'] }}{% endif %}"))
+    messages = [{"role": "user", "content": "w1"}, {"role": "assistant", "content": "w2"},
+                {"role": "user", "content": "w3"}, {"role": "assistant", "content": "w4"}]
+    with pytest.raises(UserError, match="example 1: cannot locate assistant message 1"):
+        encode(tok, {"messages": messages}, "chat", 64, None)
 
 
 def test_chat_without_template_is_a_user_error():
@@ -197,15 +222,3 @@ def test_jsonl_to_batches_end_to_end(tmp_path, tokenizer):
     batches = [plan.batch_at(0, i) for i in range(plan.batches_per_epoch(0))]
     assert sum(b.n_target_tokens for b in batches) == report.n_target_tokens == 30 * 4
     assert sum(b.n_tokens for b in batches) == report.n_tokens
-
-
-def test_ten_thousand_examples_tokenize_quickly(tokenizer):
-    chats = [{"messages": [{"role": "user", "content": words(12, i)}, {"role": "assistant", "content": words(20, i)}]}
-             for i in range(10_000)]
-    texts = [{"text": words(30, i)} for i in range(10_000)]
-    for examples, fmt in ((texts, "text"), (chats, "chat")):
-        t0 = time.perf_counter()
-        seqs, _ = tokenize_split(tokenizer, examples, fmt, 128, None)
-        elapsed = time.perf_counter() - t0
-        assert len(seqs) == 10_000
-        assert elapsed < 10, f"{fmt}: {elapsed:.1f}s"   # ~1s here; generous for shared CI machines

@@ -1,0 +1,138 @@
+"""The training loop. `train()` reads top to bottom; everything it calls is a small, named piece."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from specc.engine import checkpoint as ckpt
+from specc.engine.metrics import MetricsLog, Progress
+from specc.engine.policies import EarlyStopper, MemoryWatch, MovingAverage, SignalGuard, Stop, non_finite
+from specc.engine.session import Session, open_session
+from specc.errors import EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from specc.plan.schedule import lr as lr_at
+
+EXIT_CODES = {"completed": EXIT_OK, "early_stopped": EXIT_OK, "diverged": EXIT_DIVERGED,
+              "interrupted": EXIT_INTERRUPTED, "failed": EXIT_FAILED}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    backend: str | None = None          # overrides the spec's backend
+    resume: str = "auto"                # "auto" | "never" | a checkpoint or run directory
+    extend_steps: int | None = None     # strategy A: resume and extend to this many steps
+    init_from: Path | None = None       # strategy B: fresh schedule from these adapter weights
+    stage: str | None = None            # "test": the short gating run
+
+
+def train(s: Session) -> dict:
+    """Run optimizer steps until the schedule ends, a policy stops the run, or a signal asks us to."""
+    cfg, backend, data, state = s.cfg, s.backend, s.data, s.state
+    accum = cfg.training.grad_accum
+    stopper = EarlyStopper(cfg.training.early_stopping)
+    stopper.restore(state.get("early_stopping", {}))
+    loss_avg = MovingAverage(50)
+    loss_avg.restore(state.get("loss_window", []))
+    memory = MemoryWatch()
+    progress = Progress(s.total_steps, s.console)
+    metrics = MetricsLog(s.run_dir, resume_step=state["step"] if s.resumed else None)
+    stop: Stop | None = None
+    with SignalGuard() as signals:
+        try:
+            if state["step"] == 0 and state.get("best_val_loss") is None:
+                evaluate(s, metrics, progress)                                   # the base model's val loss
+            while state["step"] < s.total_steps:
+                t0 = time.perf_counter()
+                lr = lr_at(s.schedule, state["step"])
+                batches = [next(s.stream) for _ in range(accum)]
+                n_targets = sum(b.n_target_tokens for b in batches) or 1
+                loss_sum = sum(backend.forward_backward(b, 1.0 / n_targets)[0] for b in batches)
+                loss = loss_sum / n_targets
+                if non_finite(loss):                                             # stop before the update
+                    backend.zero_grad()
+                    stop = Stop("diverged", f"loss is {loss} at step {state['step'] + 1}; the update was not applied")
+                    break
+                result = backend.optimizer_step(lr)
+                if not result.applied:
+                    stop = Stop("diverged", f"gradient norm is {result.grad_norm} at step {state['step'] + 1}; "
+                                            "the update was not applied")
+                    break
+                state["step"] += 1
+                state["tokens"] += sum(b.n_tokens for b in batches)
+                loss_avg.add(loss)
+                step_s = time.perf_counter() - t0
+                state["train_s"] += step_s
+                progress.step_time(step_s)
+                mem = backend.memory()
+                metrics.write({"step": state["step"], "loss": loss, "lr": lr, "grad_norm": result.grad_norm,
+                               "tokens": sum(b.n_tokens for b in batches), "step_s": step_s, "mem_mb": mem.current_mb})
+                warning = memory.check(state["step"], mem.current_mb)
+                if warning and not state.get("mem_warned"):
+                    state["mem_warned"] = True
+                    progress.message(f"warning: {warning}")
+                progress.update(state["step"], loss, loss_avg.value, mem.current_mb,
+                                state["step"] - state["last_ckpt"], warning)
+                if state["step"] % cfg.training.eval_every == 0 or state["step"] == s.total_steps:
+                    evaluate(s, metrics, progress)
+                stop = stopper.after_step(state["step"], loss_avg.value, result.grad_norm)
+                state["early_stopping"], state["loss_window"] = stopper.state(), loss_avg.state()
+                if stop or signals.received or state["step"] % cfg.training.checkpoint_every == 0:
+                    save(s, metrics, progress)
+                if stop:
+                    break
+                if signals.received:
+                    stop = Stop("interrupted", f"{signals.received} received; checkpointed at step {state['step']}")
+                    break
+        finally:
+            progress.close()
+    return finish(s, metrics, progress, stop)
+
+
+def evaluate(s: Session, metrics: MetricsLog, progress: Progress) -> float | None:
+    """Validation loss over up to eval_batches batches; a new best publishes best/."""
+    batches = s.data.eval_batches("valid")
+    if not batches:
+        return None
+    total = n = 0
+    for b in batches:
+        loss_sum, count = s.backend.eval_loss(b)
+        total, n = total + loss_sum, n + count
+    val = total / max(n, 1)
+    state = s.state
+    metrics.write({"step": state["step"], "val_loss": val, "val_tokens": n})
+    best = state.get("best_val_loss")
+    if best is None or val < best:
+        state["best_val_loss"], state["best_step"] = val, state["step"]
+        if state["step"] > 0:
+            ckpt.write_tree_atomic(s.run_dir / "best", lambda d: s.export(d, val_loss=val))
+    progress.message(f"eval step {state['step']}: val_loss {val:.4f} (best {state['best_val_loss']:.4f} "
+                     f"at step {state['best_step']})")
+    return val
+
+
+def save(s: Session, metrics: MetricsLog, progress: Progress) -> None:
+    """Write a checkpoint (the protocol in checkpoint.py) and record how long it took."""
+    t0 = time.perf_counter()
+    step = s.state["step"]
+    path = ckpt.write_checkpoint(s.run_dir / "checkpoints", step, s.backend.state(), s.trainer_state(),
+                                 write_extra=lambda d: s.export(d / "adapter"), keep_last=s.cfg.training.keep_last,
+                                 protect={s.state["best_step"]} if s.state.get("best_step") else ())
+    seconds = time.perf_counter() - t0
+    s.state["last_ckpt"] = step
+    s.state["ckpt_s"] = seconds
+    metrics.event(step, "checkpoint", path=path.name, seconds=round(seconds, 4))
+
+
+def finish(s: Session, metrics: MetricsLog, progress: Progress, stop: Stop | None) -> dict:
+    """Final export, summary.json, and the status that decides the exit code."""
+    state = s.state
+    status, reason = (stop.status, stop.reason) if stop else ("completed", f"reached {s.total_steps} steps")
+    if status in ("completed", "early_stopped"):
+        if state["last_ckpt"] != state["step"]:
+            save(s, metrics, progress)
+        ckpt.write_tree_atomic(s.run_dir / "adapter", s.export)
+    metrics.event(state["step"], status, reason=reason)
+    metrics.close()
+    summary = s.write_summary(status, reason)
+    s.console.print(f"{status}: {reason}", markup=False)
+    return summary

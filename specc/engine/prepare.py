@@ -1,0 +1,113 @@
+"""Before the first step: resolve the model and data, verify and tokenize the data, size the run.
+
+Both backends get exactly what this builds, so a spec gives the same batches on MLX and on CUDA.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from specc.data.batches import BatchPlan, eval_batches
+from specc.data.jsonl import DatasetReport, load_dataset
+from specc.data.tokenize import TokenizationReport, pad_token_id, tokenize_split
+from specc.engine.config import RunConfig
+from specc.errors import UserError
+
+SPLITS = ("train", "valid", "test")
+
+
+def resolve_model_path(path: str, log=None) -> Path:
+    """A local HF directory, or the builtin tiny model (built and cached on first use)."""
+    if path.startswith("builtin:"):
+        from specc.builtin.tiny_llama import ensure_builtin_model
+
+        return ensure_builtin_model(path.partition(":")[2], log=log)
+    return Path(path)
+
+
+def resolve_data_paths(cfg: RunConfig) -> dict[str, Path | None]:
+    from specc.builtin.datasets import resolve_builtin_data
+    from specc.builtin.tiny_llama import default_cache_root
+
+    out: dict[str, Path | None] = {}
+    for split in SPLITS:
+        value = getattr(cfg.data, split)
+        if value is None:
+            out[split] = None
+        elif value.startswith("builtin:"):
+            try:
+                out[split] = resolve_builtin_data(value, default_cache_root() / "data")[split]
+            except ValueError as exc:
+                raise UserError(f"data.{split}: {exc}") from None
+        else:
+            out[split] = Path(value)
+    return out
+
+
+def load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    from specc.model_check import check_model_dir
+
+    check_model_dir(model_dir)
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    except Exception as exc:
+        raise UserError(f"{model_dir}: cannot load the tokenizer ({type(exc).__name__}: {exc})".splitlines()[0],
+                        hint="the directory needs tokenizer.json (or tokenizer.model) and tokenizer_config.json") from None
+
+
+@dataclass
+class PreparedData:
+    tokenizer: object
+    dataset: DatasetReport
+    train_plan: BatchPlan | None
+    train_report: TokenizationReport | None
+    total_steps: int
+    steps_source: str
+    pad_id: int
+    _examples: dict = field(repr=False, default_factory=dict)
+    _eval_cache: dict = field(repr=False, default_factory=dict)
+    _cfg: RunConfig | None = field(repr=False, default=None)
+
+    def eval_batches(self, split: str = "valid"):
+        """Validation batches, tokenized lazily on first use, then kept."""
+        if split not in self._eval_cache:
+            examples = self._examples.get(split)
+            if not examples:
+                self._eval_cache[split] = []
+            else:
+                c = self._cfg
+                seqs, _ = tokenize_split(self.tokenizer, examples, c.data.format, c.data.max_length, c.data.stride)
+                self._eval_cache[split] = eval_batches(seqs, batch_size=c.training.batch_size,
+                                                       max_length=c.data.max_length, packing=c.data.packing,
+                                                       pad_id=self.pad_id, limit=c.training.eval_batches)
+        return self._eval_cache[split]
+
+
+def prepare_data(cfg: RunConfig, model_dir: Path) -> PreparedData:
+    """Verify every split (all problems at once), tokenize train, and fix the number of steps."""
+    tokenizer = load_tokenizer(model_dir)
+    paths = resolve_data_paths(cfg)
+    examples, report = load_dataset(paths, cfg.data.format)
+    pad_id = pad_token_id(tokenizer)
+    d, t = cfg.data, cfg.training
+    if cfg.kind == "control":
+        prepared = PreparedData(tokenizer, report, None, None, 0, "control: evaluation only", pad_id, examples)
+        prepared._cfg = cfg
+        return prepared
+    seqs, tok_report = tokenize_split(tokenizer, examples["train"], d.format, d.max_length, d.stride)
+    plan = BatchPlan(seqs, batch_size=t.batch_size, max_length=d.max_length, packing=d.packing, pad_id=pad_id, seed=t.seed)
+    if cfg.total_steps is not None:
+        total, source = cfg.total_steps, "declared (training.max_steps)" if t.max_steps else "planned"
+    else:
+        # Packing follows each epoch's order, so epochs differ by a batch or so: count them exactly.
+        whole = math.floor(t.epochs)
+        batches = plan.total_batches(whole) + round(plan.batches_per_epoch(whole) * (t.epochs - whole))
+        per_epoch = plan.batches_per_epoch(0)
+        total = max(1, batches // t.grad_accum)
+        source = f"{t.epochs:g} epochs × {per_epoch} batches per epoch ÷ accumulation {t.grad_accum}"
+    prepared = PreparedData(tokenizer, report, plan, tok_report, total, source, pad_id, examples)
+    prepared._cfg = cfg
+    return prepared

@@ -1,0 +1,262 @@
+"""A run session: what the loop needs, set up before the first step and summarised after the last.
+
+Setting up means choosing the backend, preparing the data, and deciding where training starts:
+fresh, from the newest valid checkpoint (exact resume), extended (strategy A) or from old weights
+(strategy B).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from rich.console import Console
+
+from backends import load_backend
+from backends.protocol import Backend, LoraSettings, ModelSettings, OptimizerSettings
+from specc.data.batches import BatchStream
+from specc.engine import checkpoint as ckpt
+from specc.engine.config import RunConfig
+from specc.engine.prepare import PreparedData, prepare_data, resolve_model_path
+from specc.engine.select import choose_backend
+from specc.errors import UserError
+from specc.plan.schedule import ScheduleSpec, extend
+
+STATE_VERSION = 1
+
+
+@dataclass
+class Session:
+    cfg: RunConfig
+    console: Console
+    run_dir: Path
+    backend: Backend
+    backend_reason: str
+    data: PreparedData
+    stream: BatchStream | None
+    schedule: ScheduleSpec | None
+    total_steps: int
+    state: dict
+    resumed: bool
+    started: float = field(default_factory=time.time)
+
+    def export(self, path: Path, val_loss: float | None = None) -> None:
+        """The adapter in its ecosystem's format, plus a small note of where it came from."""
+        self.backend.export_adapter(path)
+        note = {"experiment": self.cfg.experiment, "run": self.cfg.run, "step": self.state["step"],
+                "backend": self.backend.name, "base_model": self.cfg.model.path}
+        if val_loss is not None:
+            note["val_loss"] = val_loss
+        (path / "specc_adapter.json").write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
+
+    def trainer_state(self) -> dict:
+        """Everything an exact resume needs besides the arrays (those come from backend.state())."""
+        return dict(self.state, data_position=self.stream.state() if self.stream else None,
+                    schedule=self.schedule.to_dict() if self.schedule else None, total_steps=self.total_steps,
+                    wall_s=self.state["wall_s_before"] + (time.time() - self.started))
+
+    def write_summary(self, status: str, reason: str) -> dict:
+        state = self.state
+        mem = self.backend.memory()
+        peak = max(mem.peak_mb, state.get("peak_mem_mb") or 0.0)
+        window = state.get("loss_window") or []
+        summary = {
+            "status": status,
+            "stop_reason": reason,
+            "experiment": self.cfg.experiment,
+            "run": self.cfg.run,
+            "kind": self.cfg.kind,
+            "steps": state["step"],
+            "total_steps": self.total_steps,
+            "tokens": state["tokens"],
+            "wall_s": round(state["wall_s_before"] + time.time() - self.started, 3),
+            "train_s": round(state["train_s"], 3),
+            "tokens_per_s": round(state["tokens"] / state["train_s"], 3) if state["train_s"] > 0 else None,
+            "peak_mem_mb": round(peak, 1),
+            "peak_mem_source": mem.source,
+            "best_val_loss": state.get("best_val_loss"),
+            "best_step": state.get("best_step"),
+            "final_loss": sum(window) / len(window) if window else None,
+            "last_loss": window[-1] if window else None,
+            "checkpoint_s": state.get("ckpt_s"),
+            "restarts": state.get("restarts", 0),
+            "backend": self.backend.name,
+            "backend_reason": self.backend_reason,
+            "device": self.backend.describe(),
+            "data": {"dataset": self.data.dataset.to_dict(),
+                     "tokenization": self.data.train_report.to_dict() if self.data.train_report else None,
+                     "packing_efficiency": self.data.train_plan.packing_efficiency(0) if self.data.train_plan else None,
+                     "steps_source": self.data.steps_source},
+            "schedule": self.schedule.to_dict() if self.schedule else None,
+            "estimate": self.cfg.raw.get("estimate") or {},
+        }
+        summary.update({k: v for k, v in state.items() if k.startswith(("val_", "test_"))})
+        tmp = self.run_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(_finite(summary), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.run_dir / "summary.json")
+        return summary
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def fresh_state(cfg: RunConfig) -> dict:
+    return {"format": STATE_VERSION, "step": 0, "micro_step": 0, "tokens": 0, "train_s": 0.0, "wall_s_before": 0.0,
+            "last_ckpt": 0, "best_val_loss": None, "best_step": None, "loss_window": [], "early_stopping": {},
+            "restarts": 0, "data_seed": cfg.training.seed, "backend": None, "dataset": None}
+
+
+def _archive_run_dir(run_dir: Path, console: Console) -> None:
+    """--resume never on a run that has checkpoints: keep them, under a new name."""
+    k = 1
+    while run_dir.with_name(f"{run_dir.name}.prev-{k}").exists():
+        k += 1
+    target = run_dir.with_name(f"{run_dir.name}.prev-{k}")
+    os.rename(run_dir, target)
+    console.print(f"--resume never: the earlier run was moved to {target} (nothing deleted)", markup=False)
+
+
+def _checkpoint_at(path: Path) -> Path:
+    """A checkpoint directory, or the newest valid one in a run (or checkpoints/) directory."""
+    path = Path(path)
+    if (path / "manifest.json").exists():
+        ckpt.verify_checkpoint(path)
+        return path
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    if not root.is_dir():
+        raise UserError(f"{path}: no such checkpoint or run directory",
+                        hint="pass runs/<experiment>/<run> or a checkpoints/step_NNNNNNN directory")
+    found, _ = ckpt.find_latest_valid(root)
+    if found is None:
+        raise UserError(f"{path}: no valid checkpoint found", hint="every checkpoint there failed verification or none exists")
+    return found
+
+
+def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None = None) -> Session:
+    """Everything up to the first step. Problems raise UserError before any training happens.
+
+    `backend` injects an instance (tests wrap a real backend to inject faults); normally the registry builds it.
+    """
+    cfg = cfg.for_stage(opts.stage)
+    run_dir = cfg.output_dir
+    if backend is None:
+        name, reason = choose_backend(opts.backend or cfg.backend)
+        backend = load_backend(name)
+    else:
+        name, reason = backend.name, "injected"
+    console.print(f"specc: {cfg.experiment}/{cfg.run} on backend {name} ({reason})", markup=False)
+    model_dir = resolve_model_path(cfg.model.path, log=lambda m: console.print(m, markup=False))
+    data = prepare_data(cfg, model_dir)
+    _report_data(console, data)
+
+    source, extend_to, init_from = None, opts.extend_steps, opts.init_from
+    ckpt_root = run_dir / "checkpoints"
+    if opts.resume == "never":
+        if ckpt_root.is_dir() and ckpt.list_checkpoints(ckpt_root):
+            _archive_run_dir(run_dir, console)
+    elif opts.resume == "auto":
+        if ckpt_root.is_dir():
+            source, warnings = ckpt.find_latest_valid(ckpt_root)
+            for w in warnings:
+                console.print(f"warning: {w}", markup=False)
+        if source is None and cfg.continuation is not None:
+            if cfg.continuation.strategy == "extend":
+                source, extend_to = _checkpoint_at(Path(cfg.continuation.from_run)), extend_to or cfg.total_steps
+            elif init_from is None:
+                init_from = Path(cfg.continuation.from_run)
+    else:
+        source = _checkpoint_at(Path(opts.resume))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for published in ("best", "adapter"):   # a crash mid-swap leaves the old copy aside: put it back
+        for w in ckpt.recover_tree(run_dir / published):
+            console.print(f"warning: {w}", markup=False)
+    (run_dir / "config.json").write_text(json.dumps(cfg.raw, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    backend.setup(
+        ModelSettings(path=model_dir, quantization=cfg.model.quantization, dtype=cfg.model.dtype,
+                      gradient_checkpointing=cfg.model.gradient_checkpointing),
+        LoraSettings(rank=cfg.model.lora.rank, alpha=cfg.model.lora.alpha, dropout=cfg.model.lora.dropout,
+                     target_modules=tuple(cfg.model.lora.target_modules), layers=cfg.model.lora.layers),
+        OptimizerSettings(weight_decay=cfg.training.weight_decay, grad_clip=cfg.training.grad_clip),
+        seed=cfg.training.seed,
+    )
+    total = data.total_steps
+    schedule = cfg.schedule if cfg.schedule is not None and cfg.schedule.total_steps == total else _schedule(cfg, total)
+    state, resumed, stream = fresh_state(cfg), False, None
+    if source is not None:
+        arrays, saved = ckpt.load_checkpoint(source)
+        backend.load_state(arrays)
+        state = {k: v for k, v in saved.items() if k not in ("data_position", "schedule", "total_steps", "wall_s", "format_version")}
+        state["wall_s_before"] = saved.get("wall_s", 0.0)
+        state["restarts"] = state.get("restarts", 0) + 1
+        schedule, total = ScheduleSpec(**saved["schedule"]), saved["total_steps"]
+        if extend_to is not None and extend_to > state["step"]:
+            kind = cfg.training.schedule.kind
+            schedule = extend(schedule, state["step"], extend_to, decay="linear" if kind == "linear" else "cosine")
+            total = extend_to
+            console.print(f"extending to {total} steps: lr decays from {schedule.start_lr:.3g} at step {state['step']} "
+                          f"to {schedule.min_lr:.3g} (strategy A)", markup=False)
+        if state.get("dataset") and state["dataset"] != _data_digest(data):
+            console.print("warning: the training data changed since the checkpoint; the resume is not exact", markup=False)
+        stream = BatchStream(data.train_plan)
+        stream.restore(saved["data_position"])
+        resumed = True
+        console.print(f"resumed from {source} at step {state['step']} (restart {state['restarts']})", markup=False)
+    elif init_from is not None:
+        arrays, _ = ckpt.load_checkpoint(_checkpoint_at(init_from))
+        backend.load_adapter_weights(arrays)
+        console.print(f"initialised the adapter from {init_from}; fresh schedule and optimizer (strategy B)", markup=False)
+    if stream is None and data.train_plan is not None:
+        stream = BatchStream(data.train_plan)
+    state["backend"], state["dataset"] = name, _data_digest(data)
+    return Session(cfg, console, run_dir, backend, reason, data, stream, schedule, total, state, resumed)
+
+
+def _schedule(cfg: RunConfig, total: int) -> ScheduleSpec | None:
+    if cfg.kind == "control":
+        return None
+    s = cfg.training.schedule
+    return ScheduleSpec(s.kind, cfg.training.lr, min(s.warmup_steps, max(0, total - 1)), total, s.min_lr_ratio, s.decay_fraction)
+
+
+def _data_digest(data: PreparedData) -> str | None:
+    split = next((r for r in data.dataset.splits if r.name == "train"), None)
+    return split.sha256 if split else None
+
+
+def _report_data(console: Console, data: PreparedData) -> None:
+    for split in data.dataset.splits:
+        console.print(f"data {split.name}: {split.n_examples} examples ({split.path})", markup=False)
+    rep = data.train_report
+    if rep is not None:
+        console.print(f"tokenized train: {rep.n_sequences} sequences, p50/p90/max {rep.length_p50}/{rep.length_p90}/"
+                      f"{rep.length_max} tokens, {rep.n_truncated} truncated; packing efficiency "
+                      f"{data.train_plan.packing_efficiency(0):.1%}; {data.total_steps} steps ({data.steps_source})",
+                      markup=False)
+        for w in rep.warnings:
+            console.print(f"warning: {w}", markup=False)
+
+
+def evaluate_control(s: Session) -> dict:
+    """A control run: the base model's loss on valid and test, no training."""
+    for split in ("valid", "test"):
+        batches = s.data.eval_batches(split)
+        if batches:
+            total = n = 0
+            for b in batches:
+                loss_sum, count = s.backend.eval_loss(b)
+                total, n = total + loss_sum, n + count
+            s.state[f"{'val' if split == 'valid' else 'test'}_loss"] = total / max(n, 1)
+            s.console.print(f"control {split}: loss {total / max(n, 1):.4f} over {n} target tokens", markup=False)
+    s.state["best_val_loss"] = s.state.get("val_loss")
+    return s.write_summary("completed", "control run: base model evaluated")

@@ -1,0 +1,235 @@
+"""sbatch safety: flags are data, values are validated and quoted, scripts parse and never run injected text."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from specc.emit.sbatch import UnsafeValue, job_flags, parse_sbatch_lines, q, render_flags, safe
+from specc.emit.writer import render_experiment
+from specc.errors import SpecError, UserError
+from specc.plan.runs import plan_experiment
+from specc.spec.model import MEM, SLUG
+from specc.spec.validate import load_spec
+
+REPO = Path(__file__).resolve().parents[2]
+BASH = shutil.which("bash")
+HOSTILE_EXAMPLES = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+CONTROL = ["\n", "\r", "\t", "\x00", "\x1b", "\x7f"]
+# Pieces of strings that would do harm if a shell ever read them unquoted.
+PIECES = CONTROL + ["'", '"', "$(touch CANARY)", "`touch CANARY`", ";", " ", "touch CANARY", "&&", "|", ">", "<", "\\",
+                    "#", "*", "?", "~", "!", "$HOME", "${IFS}", "%", "=", "-", "--", "{", "}", "[", "]", "a", "Z9", "é"]
+hostile = st.lists(st.sampled_from(PIECES), min_size=1, max_size=6).map("".join)
+
+
+def has_control(*values: str) -> bool:
+    return any(c in v for v in values for c in CONTROL)
+
+
+# --- the generated scripts -------------------------------------------------------------------------
+
+@pytest.mark.skipif(BASH is None, reason="needs bash")
+def test_every_committed_script_passes_bash_n():
+    scripts = sorted((REPO / "generated").rglob("*.sbatch"))
+    assert len(scripts) > 20
+    for script in scripts:
+        proc = subprocess.run([BASH, "-n", str(script)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{script}: {proc.stderr}"
+
+
+def test_committed_scripts_parse_into_single_word_flags():
+    for script in (REPO / "generated").rglob("*.sbatch"):
+        flags = dict(parse_sbatch_lines(script.read_text()))
+        assert {"job-name", "partition", "time", "mem", "output", "signal"} <= set(flags), script
+
+
+def test_sweep_array_script():
+    text = (REPO / "generated" / "llama32-lora-rank-sweep" / "array.sbatch").read_text()
+    flags = dict(parse_sbatch_lines(text))
+    assert flags["array"] == "0-13%4"
+    assert flags["output"] == "runs/llama32-lora-rank-sweep/logs/%x-%A_%a.out" and "%A_%a" in flags["output"]
+    assert text.count("/config.json") == 14 and "control_3B/config.json" in text
+
+
+# --- the primitives -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["a\nb", "a\rb", "tab\there", "nul\x00", "esc\x1b[0m", "del\x7f"])
+def test_safe_rejects_control_characters(value):
+    with pytest.raises(UnsafeValue, match="control characters"):
+        safe(value)
+    assert issubclass(UnsafeValue, UserError)   # the CLI prints it without a traceback
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=30))
+@settings(max_examples=30, deadline=None)
+def test_render_then_parse_round_trips(value):
+    flags = [("job-name", value), ("partition", "gpu"), ("requeue", "")]
+    assert parse_sbatch_lines("#!/bin/bash\n" + "\n".join(render_flags(flags)) + "\necho hi\n") == flags
+
+
+def test_render_flags_rejects_bad_flag_names():
+    with pytest.raises(UnsafeValue):
+        render_flags([("partition\n#SBATCH --x", "a")])
+    with pytest.raises(UnsafeValue):
+        render_flags([("Partition", "a")])
+
+
+def test_parse_stops_at_the_first_command():
+    text = "#!/bin/bash\n# comment\n#SBATCH --time=01:00:00\n\necho x\n#SBATCH --partition=late\n"
+    assert parse_sbatch_lines(text) == [("time", "01:00:00")]
+
+
+def test_q_quotes_for_the_shell():
+    assert q("plain-value_1") == "plain-value_1"
+    assert q("a b; $(touch CANARY)") == "'a b; $(touch CANARY)'"
+
+
+# --- hostile names through a custom catalog, end to end -----------------------------------------------
+
+def _yaml_str(value: str) -> str:
+    return json.dumps(value)   # a JSON string is a valid YAML double-quoted scalar
+
+
+def _write_experiment(root: Path, cluster: str, partition: str, qos: str, gpu_type: str) -> Path:
+    c, p, qq, g = map(_yaml_str, (cluster, partition, qos, gpu_type))
+    (root / "clusters.yaml").write_text(
+        f"clusters:\n  {c}:\n    partitions:\n"
+        f"      {p}: {{max_time: \"1-00:00:00\", gpus_per_node: 4, gpu_type: {g}, cpus_per_node: 8, mem_gb: 64,"
+        f" nodes: 2, starts_fast: true}}\n"
+        f"    qos:\n      {qq}: {{max_time: \"1-00:00:00\"}}\n"
+        f"    gpu_types:\n      {g}: {{memory_gb: 80}}\n", encoding="utf-8")
+    spec = root / "hostile.yaml"
+    spec.write_text(
+        "experiment: hostile\nhypothesis: {statement: s}\nmodel: {path: /m, size: 1B}\n"
+        "data: {train: /d, valid: /v}\ntraining: {max_steps: 50, batch_size: 2, grad_accum: 1}\n"
+        f"resources: {{cluster: {c}, partition: {p}, qos: {qq}, gpus: 2, gpu_type: {g}, cpus: 4, mem: 16G,"
+        f" time: \"01:00:00\"}}\n"
+        f"stages: {{test: {{max_steps: 5, time: \"00:10:00\", partition: {p}}}}}\n"
+        "sweep: {matrix: {model.lora.rank: [4, 8]}, name: \"r{model.lora.rank}\"}\n", encoding="utf-8")
+    return spec
+
+
+def _stub_path(root: Path) -> str:
+    stubs = root / "stubs"
+    stubs.mkdir()
+    for name in ("srun", "scontrol", "specc", "torchrun", "sbatch"):
+        (stubs / name).write_text("#!/bin/sh\nexit 0\n")
+        (stubs / name).chmod(0o755)
+    return f"{stubs}{os.pathsep}/usr/bin{os.pathsep}/bin"
+
+
+def _cli(*args: str) -> int:
+    from specc.cli import main
+
+    argv = sys.argv
+    sys.argv = ["specc", *args]
+    try:
+        main()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        sys.argv = argv
+    return 0
+
+
+@pytest.mark.skipif(BASH is None, reason="needs bash")
+@HOSTILE_EXAMPLES
+@given(cluster=hostile, partition=hostile, qos=hostile, gpu_type=hostile)
+def test_hostile_names_never_run(cluster, partition, qos, gpu_type):
+    with tempfile.TemporaryDirectory(prefix="specc-hostile-") as tmp:
+        root = Path(tmp)
+        spec = _write_experiment(root, cluster, partition, qos, gpu_type)
+        out = root / "generated"
+
+        if has_control(cluster, partition, qos, gpu_type):
+            # (a) rejected with a clear error, at the line that holds the name; nothing is written.
+            with pytest.raises(SpecError) as info:
+                plan_experiment(load_spec(spec))
+            assert all("control characters" in i.message for i in info.value.issues)
+            assert all(i.file.endswith(("clusters.yaml", "hostile.yaml")) and i.line > 1 for i in info.value.issues)
+            assert _cli("compile", str(spec), "--out", str(out)) == 1
+            assert not out.exists()
+            return
+
+        assert _cli("compile", str(spec), "--out", str(out)) == 0
+        loaded = load_spec(spec)
+        plan = plan_experiment(loaded)
+        scripts = sorted(out.rglob("*.sbatch"))
+        assert [s.relative_to(out / "hostile").as_posix() for s in scripts] == [
+            "array.sbatch", "r4/test.sbatch", "r4/train.sbatch", "r8/test.sbatch", "r8/train.sbatch",
+            "test_array.sbatch"]
+        env = {"PATH": _stub_path(root), "HOME": tmp, "LC_ALL": "C"}
+        for script in scripts:
+            text = script.read_text(encoding="utf-8")
+            check = subprocess.run([BASH, "-n", str(script)], capture_output=True, text=True)
+            assert check.returncode == 0, check.stderr
+            # (b) a real bash runs the script (fake srun/scontrol/specc): nothing injected runs.
+            run = subprocess.run([BASH, str(script)], cwd=root, env=env, capture_output=True, text=True, timeout=30)
+            assert run.returncode == 0, run.stderr
+            assert not list(root.rglob("CANARY")), f"{script} ran injected text"
+            # (c) the #SBATCH set sbatch reads back is exactly the flags given.
+            flags = parse_sbatch_lines(text)
+            parsed = dict(flags)
+            assert parsed["partition"] == partition and parsed["qos"] == qos
+            assert parsed["gres"] == f"gpu:{gpu_type}:2"
+            run_plan = next((r for r in plan.runs if f"/{r.name}/" in f"/{script.relative_to(out / 'hostile')}"), None)
+            stage = "test" if "test" in script.name else None
+            if run_plan is not None:
+                suffix = ".test" if stage else ""
+                expected = job_flags(run_plan, stage=stage, job_name=f"hostile.{run_plan.name}{suffix}",
+                                     log=f"runs/hostile/logs/{run_plan.name}{suffix}-%j.out")
+                assert flags == expected
+            else:
+                assert parsed["array"] == "0-1" and parsed["job-name"] == "hostile" + (".test" if stage else "")
+        files = render_experiment(loaded, plan)
+        assert all(files[rel] == (out / "hostile" / rel).read_text(encoding="utf-8") for rel in files)
+
+
+@HOSTILE_EXAMPLES
+@given(name=hostile)
+def test_hostile_experiment_names_are_rejected(name):
+    assume(not SLUG.match(name))
+    with tempfile.TemporaryDirectory(prefix="specc-hostile-") as tmp:
+        spec = Path(tmp) / "s.yaml"
+        spec.write_text(f"experiment: {_yaml_str(name)}\nhypothesis: {{statement: s}}\nmodel: {{path: /m}}\n"
+                        "data: {train: /d}\ntraining: {max_steps: 10}\n", encoding="utf-8")
+        with pytest.raises(SpecError) as info:
+            load_spec(spec)
+        assert [(i.path, i.line) for i in info.value.issues] == [("experiment", 1)]
+
+
+@HOSTILE_EXAMPLES
+@given(mem=hostile)
+def test_hostile_mem_is_rejected(mem):
+    assume(not MEM.match(mem))
+    with tempfile.TemporaryDirectory(prefix="specc-hostile-") as tmp:
+        spec = Path(tmp) / "s.yaml"
+        spec.write_text("experiment: e\nhypothesis: {statement: s}\nmodel: {path: /m}\ndata: {train: /d}\n"
+                        f"training: {{max_steps: 10}}\nresources: {{mem: {_yaml_str(mem)}}}\n", encoding="utf-8")
+        with pytest.raises(SpecError) as info:
+            load_spec(spec)
+        assert [(i.path, i.line) for i in info.value.issues] == [("resources.mem", 6)]
+
+
+@pytest.mark.parametrize("size", ["a b", "x;touch CANARY", "$(touch CANARY)", "`id`", "a\nb", "'"])
+def test_hostile_run_names_are_rejected(write_spec, spec_problems, size):
+    issues = spec_problems(write_spec({"model": {"size": size}, "sweep": {"matrix": {"model.lora.rank": [4]},
+                                                                          "name": "{model.size}_r{model.lora.rank}"}}))
+    assert all(i.path == "sweep.name" and "is not a slug" in i.message for i in issues)
+
+
+def test_spec_path_with_a_newline_never_reaches_a_script(tmp_path):
+    spec = tmp_path / "evil\ntouch CANARY\n.yaml"
+    shutil.copy(REPO / "specs" / "quickstart.yaml", spec)
+    out = tmp_path / "out"
+    assert _cli("compile", str(spec), "--out", str(out)) == 1
+    assert not out.exists() and not (tmp_path / "CANARY").exists()
