@@ -329,9 +329,8 @@ class MLXBackend:
             window = window[:, None]
         return full[:, None], window
 
-    def _logits(self, input_ids, segment_ids):
-        import mlx.core as mx
-
+    def _hidden(self, input_ids, segment_ids):
+        """Final normed hidden states [B, T, D]: the model's own modules, called with our mask."""
         inner = self.model.model
         mask, window_mask = self._mask(segment_ids)
         h = inner.embed_tokens(input_ids)
@@ -341,19 +340,25 @@ class MLXBackend:
                 h = _checkpointed(layer, h, m)
             else:
                 h = layer(h, m, cache=None)
-        h = inner.norm(h)
+        return inner.norm(h)
+
+    def _head(self, h):
         if self.tied:
-            return inner.embed_tokens.as_linear(h)
+            return self.model.model.embed_tokens.as_linear(h)
         return self.model.lm_head(h)
 
-    def _loss(self, input_ids, loss_mask, segment_ids, scale):
-        """(scale * loss_sum, loss_sum): summed float32 CE of logits[:, :-1] against input_ids[:, 1:]."""
+    def _logits(self, input_ids, segment_ids):
+        return self._head(self._hidden(input_ids, segment_ids))
+
+    def _loss(self, input_ids, segment_ids, sel, targets, weights, scale):
+        """(scale * loss_sum, loss_sum): summed float32 CE of the positions `sel` (flat b*T + t) against
+        `targets` (= input_ids[b, t+1]), weighted by `weights` (= loss_mask[b, t+1])."""
         import mlx.core as mx
         import mlx.nn as nn
 
-        logits = self._logits(input_ids, segment_ids)[:, :-1].astype(mx.float32)
-        targets = input_ids[:, 1:]
-        weights = loss_mask[:, 1:]
+        h = self._hidden(input_ids, segment_ids)
+        h = h.reshape(-1, h.shape[-1])[sel]
+        logits = self._head(h).astype(mx.float32)
         ce = nn.losses.cross_entropy(logits, targets, reduction="none")
         loss_sum = mx.where(weights != 0, ce * weights, 0.0).sum()
         return loss_sum * scale, loss_sum
@@ -365,17 +370,14 @@ class MLXBackend:
 
         model, optimizer = self.model, self.optimizer
 
-        def loss_fn(input_ids, loss_mask, segment_ids, scale):
-            return self._loss(input_ids, loss_mask, segment_ids, scale)
+        value_and_grad = nn.value_and_grad(model, self._loss)
 
-        value_and_grad = nn.value_and_grad(model, loss_fn)
-
-        def fb(input_ids, loss_mask, segment_ids, scale):
-            (_, loss_sum), grads = value_and_grad(input_ids, loss_mask, segment_ids, scale)
+        def fb(input_ids, segment_ids, sel, targets, weights, scale):
+            (_, loss_sum), grads = value_and_grad(input_ids, segment_ids, sel, targets, weights, scale)
             return loss_sum, grads
 
-        def ev(input_ids, loss_mask, segment_ids):
-            return self._loss(input_ids, loss_mask, segment_ids, mx.array(1.0))[1]
+        def ev(input_ids, segment_ids, sel, targets, weights):
+            return self._loss(input_ids, segment_ids, sel, targets, weights, mx.array(1.0))[1]
 
         clip = self.grad_clip
 
@@ -394,13 +396,29 @@ class MLXBackend:
             update = partial(mx.compile, inputs=state, outputs=state)(update)
         self._fb, self._ev, self._update = fb, ev, update
 
-    @staticmethod
-    def _arrays(batch: Batch):
+    def _arrays(self, batch: Batch):
+        """Model inputs plus the positions whose next token is a target.
+
+        Uncompiled, only those positions go through the LM head (prompts and padding never do: for a
+        real vocabulary the head is a large share of the step). Compiled, the selection must keep a
+        fixed shape per [B, T], so every position b*T + t, t < T-1, is taken and weighted.
+        """
         import mlx.core as mx
 
-        return (mx.array(np.asarray(batch.input_ids, dtype=np.int32)),
-                mx.array(np.asarray(batch.loss_mask, dtype=np.float32)),
-                mx.array(np.asarray(batch.segment_ids, dtype=np.int32)))
+        ids = np.asarray(batch.input_ids, dtype=np.int32)
+        lm = np.asarray(batch.loss_mask, dtype=np.float32)
+        B, T = ids.shape
+        if T < 2:
+            raise ValueError(f"batch rows need at least 2 tokens, got shape {ids.shape}")
+        if self.compile:
+            b, t = np.divmod(np.arange(B * (T - 1)), T - 1)
+        else:
+            b, t = np.nonzero(lm[:, 1:])
+            if b.size == 0:  # no targets: one weight-0 position keeps every op non-empty
+                b, t = np.zeros(1, np.int64), np.zeros(1, np.int64)
+        sel = (b * T + t).astype(np.int32)
+        return (mx.array(ids), mx.array(np.asarray(batch.segment_ids, dtype=np.int32)), mx.array(sel),
+                mx.array(ids[b, t + 1]), mx.array(lm[b, t + 1]))
 
     # --------------------------------------------------------------- training
     def forward_backward(self, batch: Batch, scale: float) -> tuple[float, int]:
@@ -409,8 +427,7 @@ class MLXBackend:
 
         self._require_setup()
         self.model.train()
-        ids, lm, seg = self._arrays(batch)
-        loss_sum, grads = self._fb(ids, lm, seg, mx.array(scale, dtype=mx.float32))
+        loss_sum, grads = self._fb(*self._arrays(batch), mx.array(scale, dtype=mx.float32))
         if self._grads is None:
             self._grads = grads
         else:

@@ -91,7 +91,10 @@ def compile(
             else:
                 out.print(f"[green]up to date[/] {escape(str(root))}")
         else:
-            result = write_files(root, files)
+            try:
+                result = write_files(root, files)
+            except OSError as exc:
+                fail(UserError(f"cannot write {root}: {exc}", hint="check that --out is a writable directory"))
             out.print(f"[green]compiled[/] {escape(str(loaded.path))} → {escape(str(root))}/ ({len(result.written)} written, "
                       f"{result.unchanged} unchanged, {len(result.removed)} removed; {len(plan.runs)} run(s))")
             for w in plan.warnings:
@@ -135,12 +138,23 @@ def main() -> None:
         err.print(f"[bold red]error[/]: {escape(str(exc))}", emoji=False)
         sys.exit(exc.exit_code)
     except Exception as exc:  # click usage errors and the like
+        if isinstance(exc, _click_exceptions()) and hasattr(exc, "show"):
+            exc.show()
+            sys.exit(getattr(exc, "exit_code", EXIT_USAGE))
+        raise
+
+
+def _click_exceptions() -> tuple[type, ...]:
+    # Recent typer vendors click (typer._click) and raises its own ClickException, a TyperException;
+    # older typer raises click's.
+    types = [t for t in (getattr(typer, "TyperException", None),) if t is not None]
+    try:
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(EXIT_USAGE)
-        raise
+        types.append(click.exceptions.ClickException)
+    except ImportError:
+        pass
+    return tuple(types)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from specc.engine import checkpoint as ckpt
+from specc.engine.faults import fault_point
 from specc.engine.metrics import MetricsLog, Progress
 from specc.engine.policies import EarlyStopper, MemoryWatch, MovingAverage, SignalGuard, Stop, non_finite
 from specc.engine.session import Session, open_session
@@ -46,7 +47,11 @@ def train(s: Session) -> dict:
                 lr = lr_at(s.schedule, state["step"])
                 batches = [next(s.stream) for _ in range(accum)]
                 n_targets = sum(b.n_target_tokens for b in batches) or 1
-                loss_sum = sum(backend.forward_backward(b, 1.0 / n_targets)[0] for b in batches)
+                loss_sum = 0
+                for i, b in enumerate(batches):
+                    if i:
+                        fault_point("micro", state["step"] + 1)                  # crash tests only
+                    loss_sum += backend.forward_backward(b, 1.0 / n_targets)[0]
                 loss = loss_sum / n_targets
                 if non_finite(loss):                                             # stop before the update
                     backend.zero_grad()
@@ -66,6 +71,7 @@ def train(s: Session) -> dict:
                 mem = backend.memory()
                 metrics.write({"step": state["step"], "loss": loss, "lr": lr, "grad_norm": result.grad_norm,
                                "tokens": sum(b.n_tokens for b in batches), "step_s": step_s, "mem_mb": mem.current_mb})
+                fault_point("step", state["step"])
                 warning = memory.check(state["step"], mem.current_mb)
                 if warning and not state.get("mem_warned"):
                     state["mem_warned"] = True
@@ -104,7 +110,7 @@ def evaluate(s: Session, metrics: MetricsLog, progress: Progress) -> float | Non
     if best is None or val < best:
         state["best_val_loss"], state["best_step"] = val, state["step"]
         if state["step"] > 0:
-            ckpt.write_tree_atomic(s.run_dir / "best", lambda d: s.export(d, val_loss=val))
+            ckpt.write_tree_atomic(s.run_dir / "best", lambda d: (s.export(d, val_loss=val), fault_point("best", state["step"])))
     progress.message(f"eval step {state['step']}: val_loss {val:.4f} (best {state['best_val_loss']:.4f} "
                      f"at step {state['best_step']})")
     return val
@@ -115,7 +121,8 @@ def save(s: Session, metrics: MetricsLog, progress: Progress) -> None:
     t0 = time.perf_counter()
     step = s.state["step"]
     path = ckpt.write_checkpoint(s.run_dir / "checkpoints", step, s.backend.state(), s.trainer_state(),
-                                 write_extra=lambda d: s.export(d / "adapter"), keep_last=s.cfg.training.keep_last,
+                                 write_extra=lambda d: (s.export(d / "adapter"), fault_point("save", step)),
+                                 keep_last=s.cfg.training.keep_last,
                                  protect={s.state["best_step"]} if s.state.get("best_step") else ())
     seconds = time.perf_counter() - t0
     s.state["last_ckpt"] = step
@@ -130,7 +137,7 @@ def finish(s: Session, metrics: MetricsLog, progress: Progress, stop: Stop | Non
     if status in ("completed", "early_stopped"):
         if state["last_ckpt"] != state["step"]:
             save(s, metrics, progress)
-        ckpt.write_tree_atomic(s.run_dir / "adapter", s.export)
+        ckpt.write_tree_atomic(s.run_dir / "adapter", lambda d: (s.export(d), fault_point("final", state["step"])))
     metrics.event(state["step"], status, reason=reason)
     metrics.close()
     summary = s.write_summary(status, reason)

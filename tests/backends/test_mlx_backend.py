@@ -322,6 +322,16 @@ def test_nonfinite_gradients_skip_the_update(mlx_tiny_dir):
     assert b.optimizer_step(1e-2).applied
 
 
+def test_batch_without_targets(mlx_tiny_dir):
+    b = make_backend(mlx_tiny_dir)
+    batch = batches(6, 1)[0]
+    empty = Batch(batch.input_ids, np.zeros_like(batch.loss_mask), batch.segment_ids, batch.position_ids)
+    assert b.forward_backward(empty, 1.0) == (0.0, 0)
+    assert b.eval_loss(empty) == (0.0, 0)
+    res = b.optimizer_step(1e-2)
+    assert res.applied and res.grad_norm == 0.0
+
+
 def test_eval_loss_is_deterministic_with_dropout(mlx_tiny_dir):
     b = make_backend(mlx_tiny_dir, dropout=0.5)
     train(b, batches(3, 2))  # lora_b != 0, so dropout would matter

@@ -29,10 +29,7 @@ CONTROL = ["\n", "\r", "\t", "\x00", "\x1b", "\x7f"]
 PIECES = CONTROL + ["'", '"', "$(touch CANARY)", "`touch CANARY`", ";", " ", "touch CANARY", "&&", "|", ">", "<", "\\",
                     "#", "*", "?", "~", "!", "$HOME", "${IFS}", "%", "=", "-", "--", "{", "}", "[", "]", "a", "Z9", "é"]
 hostile = st.lists(st.sampled_from(PIECES), min_size=1, max_size=6).map("".join)
-
-
-def has_control(*values: str) -> bool:
-    return any(c in v for v in values for c in CONTROL)
+printable_hostile = st.lists(st.sampled_from([p for p in PIECES if p not in CONTROL]), min_size=1, max_size=6).map("".join)
 
 
 # --- the generated scripts -------------------------------------------------------------------------
@@ -141,25 +138,41 @@ def _cli(*args: str) -> int:
     return 0
 
 
+@HOSTILE_EXAMPLES
+@given(names=st.lists(printable_hostile, min_size=4, max_size=4), field=st.integers(0, 3),
+       control=st.sampled_from(CONTROL), at=st.integers(0, 6))
+def test_names_with_control_characters_are_rejected(names, field, control, at):
+    """(a) A control character in any name that reaches a script is an error at its line; nothing is written."""
+    names[field] = names[field][:at] + control + names[field][at:]
+    with tempfile.TemporaryDirectory(prefix="specc-hostile-") as tmp:
+        spec = _write_experiment(Path(tmp), *names)
+        with pytest.raises(SpecError) as info:
+            plan_experiment(load_spec(spec))
+        assert info.value.issues
+        assert all("control characters" in i.message and i.line > 1 for i in info.value.issues)
+        out = Path(tmp) / "generated"
+        assert _cli("compile", str(spec), "--out", str(out)) == 1
+        assert not out.exists()
+
+
+# Runs each script as SLURM would, with fake srun/scontrol/specc/torchrun on PATH.
+DRIVER = """set -u
+for script in "$@"; do
+  bash -n "$script" || { echo "bash -n failed: $script" >&2; exit 10; }
+  bash "$script" >/dev/null || { echo "exit $?: $script" >&2; exit 11; }
+done
+"""
+
+
 @pytest.mark.skipif(BASH is None, reason="needs bash")
 @HOSTILE_EXAMPLES
-@given(cluster=hostile, partition=hostile, qos=hostile, gpu_type=hostile)
+@given(cluster=printable_hostile, partition=printable_hostile, qos=printable_hostile, gpu_type=printable_hostile)
 def test_hostile_names_never_run(cluster, partition, qos, gpu_type):
+    """(b) Quotes, $(), backticks, ; and spaces in names never run; (c) #SBATCH reads back exactly what was given."""
     with tempfile.TemporaryDirectory(prefix="specc-hostile-") as tmp:
         root = Path(tmp)
         spec = _write_experiment(root, cluster, partition, qos, gpu_type)
         out = root / "generated"
-
-        if has_control(cluster, partition, qos, gpu_type):
-            # (a) rejected with a clear error, at the line that holds the name; nothing is written.
-            with pytest.raises(SpecError) as info:
-                plan_experiment(load_spec(spec))
-            assert all("control characters" in i.message for i in info.value.issues)
-            assert all(i.file.endswith(("clusters.yaml", "hostile.yaml")) and i.line > 1 for i in info.value.issues)
-            assert _cli("compile", str(spec), "--out", str(out)) == 1
-            assert not out.exists()
-            return
-
         assert _cli("compile", str(spec), "--out", str(out)) == 0
         loaded = load_spec(spec)
         plan = plan_experiment(loaded)
@@ -167,29 +180,29 @@ def test_hostile_names_never_run(cluster, partition, qos, gpu_type):
         assert [s.relative_to(out / "hostile").as_posix() for s in scripts] == [
             "array.sbatch", "r4/test.sbatch", "r4/train.sbatch", "r8/test.sbatch", "r8/train.sbatch",
             "test_array.sbatch"]
-        env = {"PATH": _stub_path(root), "HOME": tmp, "LC_ALL": "C"}
+
+        env = {"PATH": _stub_path(root), "HOME": tmp, "LC_ALL": "C", "SLURM_SUBMIT_DIR": tmp, "SLURM_JOB_ID": "7",
+               "SLURM_JOB_NODELIST": "node1", "SLURM_NNODES": "1", "SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "1"}
+        distinct = [s for s in scripts if "r8" not in s.parts]   # r8's scripts differ from r4's only in names
+        run = subprocess.run([BASH, "-c", DRIVER, "driver", *map(str, distinct)], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert not list(root.rglob("CANARY")), "a script ran injected text"
+
         for script in scripts:
-            text = script.read_text(encoding="utf-8")
-            check = subprocess.run([BASH, "-n", str(script)], capture_output=True, text=True)
-            assert check.returncode == 0, check.stderr
-            # (b) a real bash runs the script (fake srun/scontrol/specc): nothing injected runs.
-            run = subprocess.run([BASH, str(script)], cwd=root, env=env, capture_output=True, text=True, timeout=30)
-            assert run.returncode == 0, run.stderr
-            assert not list(root.rglob("CANARY")), f"{script} ran injected text"
-            # (c) the #SBATCH set sbatch reads back is exactly the flags given.
-            flags = parse_sbatch_lines(text)
+            rel = script.relative_to(out / "hostile").as_posix()
+            flags = parse_sbatch_lines(script.read_text(encoding="utf-8"))
             parsed = dict(flags)
-            assert parsed["partition"] == partition and parsed["qos"] == qos
-            assert parsed["gres"] == f"gpu:{gpu_type}:2"
-            run_plan = next((r for r in plan.runs if f"/{r.name}/" in f"/{script.relative_to(out / 'hostile')}"), None)
+            assert (parsed["partition"], parsed["qos"], parsed["gres"]) == (partition, qos, f"gpu:{gpu_type}:2")
             stage = "test" if "test" in script.name else None
-            if run_plan is not None:
-                suffix = ".test" if stage else ""
+            suffix = ".test" if stage else ""
+            if "/" in rel:
+                run_plan = next(r for r in plan.runs if rel.startswith(f"{r.name}/"))
                 expected = job_flags(run_plan, stage=stage, job_name=f"hostile.{run_plan.name}{suffix}",
                                      log=f"runs/hostile/logs/{run_plan.name}{suffix}-%j.out")
                 assert flags == expected
             else:
-                assert parsed["array"] == "0-1" and parsed["job-name"] == "hostile" + (".test" if stage else "")
+                assert (parsed["array"], parsed["job-name"]) == ("0-1", "hostile" + suffix)
         files = render_experiment(loaded, plan)
         assert all(files[rel] == (out / "hostile" / rel).read_text(encoding="utf-8") for rel in files)
 
