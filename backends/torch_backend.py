@@ -24,6 +24,8 @@ Choices worth knowing:
   checkpointing behind the spec's back. Here the base is frozen by peft, LoRA weights are float32
   (peft's ``autocast_adapter_dtype``), and gradient checkpointing follows
   ``ModelSettings.gradient_checkpointing`` (non-reentrant, so no input-grad hook is needed).
+* Trailing columns that are padding in every row are cut before the model runs (causal attention:
+  nothing real depends on them), so a batch padded to a fixed length costs only its longest row.
 * Optimizer. torch.optim.AdamW with the fused kernel (CPU and CUDA): an update depends only on
   (param, grad, state), so resuming from ``state()`` is bit-exact, and it is much faster than the
   per-tensor loop for the hundreds of small LoRA tensors of a real model.
@@ -56,6 +58,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer
 PLAIN_HEAD_MODEL_TYPES = frozenset({
     "llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3", "olmo", "olmo2", "starcoder2", "gemma",
 })
+MASK_CACHE_BYTES = 256 * 1024 ** 2
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
 
@@ -126,6 +129,8 @@ class TorchBackend:
         self._torch = torch
         self.optim_settings = optim
         device = self._resolve_device(model.device)
+        if device.type == "cpu":
+            self._clamp_threads()
         dtype = self._resolve_dtype(model.dtype, device)
         self.device, self.dtype = device, dtype
 
@@ -145,8 +150,11 @@ class TorchBackend:
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
                 bnb_4bit_use_double_quant=True)
             # bitsandbytes quantizes while the weights move to their device; place them directly.
-            kwargs["device_map"] = {"": device}
-        elif quant != "none":
+            kwargs["device_map"] = {"": self._device_map_target(device)}
+        elif quant == "none":
+            if device.type == "cuda":  # load straight onto the GPU instead of staging in host memory
+                kwargs["device_map"] = {"": self._device_map_target(device)}
+        else:
             raise UserError(f"unknown quantization {model.quantization!r}", hint="use 'nf4' or 'none'")
 
         base = None
@@ -155,12 +163,14 @@ class TorchBackend:
                 base = transformers.AutoModelForCausalLM.from_pretrained(str(path), attn_implementation=attn, **kwargs)
                 break
             except ValueError as exc:
-                if attn == "sdpa" and "sdpa" in str(exc).lower():
+                if attn == "sdpa" and "scaled_dot_product_attention" in str(exc):
                     continue  # the architecture has no SDPA support; eager takes the same 4-D mask
-                raise UserError(f"could not load the model: {exc}", where=str(path)) from exc
-            except (OSError, RuntimeError, KeyError, ImportError) as exc:
-                raise UserError(f"could not load the model: {exc}", where=str(path)) from exc
-        if quant == "none":
+                raise UserError(f"could not load the model: {exc}", where=str(path),
+                                hint=f"the directory holds: {_listing(path)}") from exc
+            except Exception as exc:  # corrupt weights, unknown architecture, bad config values, ...
+                raise UserError(f"could not load the model: {type(exc).__name__}: {exc}", where=str(path),
+                                hint=f"the directory holds: {_listing(path)}") from exc
+        if "device_map" not in kwargs:
             base.to(device)
         base.config.use_cache = False
         self.attn_implementation = base.config._attn_implementation
@@ -209,6 +219,8 @@ class TorchBackend:
 
         hf = self.model.get_base_model()
         self._plain_head = (getattr(hf.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES
+                            and not any(getattr(hf.config, a, None) not in (None, 1, 1.0) for a in
+                                        ("final_logit_softcapping", "logit_scale", "logits_scaling"))
                             and hasattr(hf, "get_decoder") and hf.get_output_embeddings() is not None)
         self._decoder = hf.get_decoder() if self._plain_head else None
         self._head = hf.get_output_embeddings() if self._plain_head else None
@@ -239,6 +251,22 @@ class TorchBackend:
             "model_path": str(path),
         }
         self.model_path = path
+
+    def _device_map_target(self, device):
+        if device.type == "cuda":
+            return device.index if device.index is not None else self._torch.cuda.current_device()
+        return "cpu"
+
+    def _clamp_threads(self) -> None:
+        """Never run more intra-op threads than CPUs this process may use (a SLURM allocation or
+        taskset): oversubscribed OpenMP threads spin against each other. Fewer is left alone."""
+        torch = self._torch
+        try:
+            allowed = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            allowed = os.cpu_count() or 1
+        if torch.get_num_threads() > allowed:
+            torch.set_num_threads(allowed)
 
     def _resolve_device(self, device: str):
         torch = self._torch
@@ -285,14 +313,32 @@ class TorchBackend:
             allowed = (same & causal).unsqueeze(1)
             mask = torch.zeros(allowed.shape, dtype=self._mask_dtype, device=self.device)
             mask.masked_fill_(~allowed, torch.finfo(self._mask_dtype).min)
-            if len(self._mask_cache) >= 8:
-                self._mask_cache.pop(next(iter(self._mask_cache)))
             self._mask_cache[key] = mask
+            # Keep a few recent layouts (eval batches repeat; fixed packing patterns repeat), but never
+            # more than MASK_CACHE_BYTES of masks beyond the one in use: [B, 1, T, T] grows fast with T.
+            while len(self._mask_cache) > 1 and (
+                    len(self._mask_cache) > 8
+                    or sum(m.numel() * m.element_size() for m in self._mask_cache.values()) > MASK_CACHE_BYTES):
+                self._mask_cache.pop(next(iter(self._mask_cache)))
         return mask, torch.from_numpy(np.ascontiguousarray(pos, dtype=np.int64)).to(self.device)
+
+    @staticmethod
+    def _trim(batch: Batch) -> Batch:
+        """Drop trailing columns that are padding in every row. Attention is causal, so no real token
+        depends on them: the result is identical and the model does less work."""
+        seg = np.asarray(batch.segment_ids)
+        used = (seg > 0).any(axis=0) | (np.asarray(batch.loss_mask) != 0).any(axis=0)
+        T = seg.shape[1]
+        width = T - int(np.argmax(used[::-1])) if used.any() else 1
+        if width >= T:
+            return batch
+        return Batch(input_ids=batch.input_ids[:, :width], loss_mask=batch.loss_mask[:, :width],
+                     segment_ids=seg[:, :width], position_ids=batch.position_ids[:, :width])
 
     def _loss(self, batch: Batch):
         """Float32 sum of weighted token cross-entropy (a 0-d tensor), and the target count."""
         torch = self._torch
+        batch = self._trim(batch)
         ids_np = np.ascontiguousarray(batch.input_ids, dtype=np.int64)
         w_np = np.asarray(batch.loss_mask, dtype=np.float32)[:, 1:]
         n_targets = batch.n_target_tokens
@@ -328,8 +374,11 @@ class TorchBackend:
         if not grads:
             norm = 0.0
         else:
-            norms = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads])
-            norm = float(torch.linalg.vector_norm(norms))
+            if all(g.dtype == torch.float32 for g in grads):
+                norms = torch._foreach_norm(grads)  # one call instead of one per tensor (what clip_grad_norm_ uses)
+            else:
+                norms = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]
+            norm = float(torch.linalg.vector_norm(torch.stack(norms)))
         if not math.isfinite(norm):
             self.zero_grad()
             return StepResult(grad_norm=norm, applied=False)
@@ -392,7 +441,8 @@ class TorchBackend:
                 "exp_avg": self._to_param(state[f"optim/{i}/exp_avg"], p, f"optim/{i}/exp_avg"),
                 "exp_avg_sq": self._to_param(state[f"optim/{i}/exp_avg_sq"], p, f"optim/{i}/exp_avg_sq"),
             }
-        extra = [k for k in state if k.startswith("optim/") and int(k.split("/")[1]) >= len(self.params)]
+        extra = [k for k in state if k.startswith("optim/")
+                 and not (k.split("/")[1].isdigit() and int(k.split("/")[1]) < len(self.params))]
         if extra:
             raise UserError(f"checkpoint has optimizer state for {len(extra)} unknown parameters (e.g. {extra[0]})",
                             hint="the checkpoint was made with different LoRA settings")

@@ -31,11 +31,26 @@ trainig: {}
 """
 
 
-def specc(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def specc(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The installed console script, as a user runs it."""
     exe = shutil.which("specc", path=str(Path(sys.executable).parent))
     cmd = [exe] if exe else [sys.executable, "-m", "specc.cli"]
-    env = dict(os.environ, COLUMNS="200", NO_COLOR="1")
+    env = dict(os.environ, COLUMNS="200", NO_COLOR="1", **(env or {}))
     return subprocess.run([*cmd, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def specc_in_process(*args: str) -> int:
+    """The same entry point in this process: for checks of output, where a subprocess adds only time."""
+    from specc.cli import main
+
+    argv, sys.argv = sys.argv, ["specc", *args]
+    try:
+        main()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        sys.argv = argv
+    return 0
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -66,14 +81,20 @@ def test_invalid_spec_writes_nothing(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert not out.exists(), "nothing may be written when any spec is invalid"
 
-    assert specc("compile", str(good), "--out", str(out), cwd=tmp_path).returncode == 0
+
+def test_invalid_spec_leaves_existing_files_alone(tmp_path, monkeypatch, capsys):
+    good = tmp_path / "quickstart.yaml"
+    shutil.copy(REPO / "specs" / "quickstart.yaml", good)
+    out = tmp_path / "generated"
+    monkeypatch.chdir(tmp_path)
+    assert specc_in_process("compile", str(good), "--out", str(out)) == 0
     plan = out / "quickstart" / "plan.md"
     plan.write_text(plan.read_text() + "\nedited\n")
     before = tree(out)
-    broken = good.read_text().replace("max_steps: 300", "max_steps: 10")   # now warmup (20) ≥ total steps
-    good.write_text(broken)
-    proc = specc("compile", str(good), "--out", str(out), cwd=tmp_path)
-    assert proc.returncode == 1 and "warmup_steps (20) must be < total steps (10" in proc.stderr
+    good.write_text(good.read_text().replace("max_steps: 300", "max_steps: 10"))   # now warmup (20) ≥ total steps
+    capsys.readouterr()
+    assert specc_in_process("compile", str(good), "--out", str(out)) == 1
+    assert "warmup_steps (20) must be < total steps (10" in capsys.readouterr().err
     assert tree(out) == before, "existing files must stay unchanged"
 
 
@@ -98,25 +119,40 @@ def test_errors_without_traceback(args, code, text):
     assert "Traceback" not in proc.stderr
 
 
-def test_two_specs_one_experiment(tmp_path):
+def test_two_specs_one_experiment(tmp_path, monkeypatch, capsys):
     for name in ("a.yaml", "b.yaml"):
         shutil.copy(REPO / "specs" / "quickstart.yaml", tmp_path / name)
-    proc = specc("check", "a.yaml", "b.yaml", cwd=tmp_path)
-    assert proc.returncode == 1 and "experiment 'quickstart' is defined by both" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    monkeypatch.chdir(tmp_path)
+    assert specc_in_process("check", "a.yaml", "b.yaml") == 1
+    assert "experiment 'quickstart' is defined by both a.yaml and b.yaml" in capsys.readouterr().err
 
 
-def test_check_reports_runs(tmp_path):
-    proc = specc("check", "specs/lora-rank-sweep.yaml", "specs/quickstart.yaml")
-    assert proc.returncode == 0, proc.stderr
-    assert "experiment llama32-lora-rank-sweep, 12 run(s) + 2 control" in proc.stdout
-    assert "experiment quickstart, 1 run(s)" in proc.stdout
+def test_check_reports_runs(monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    assert specc_in_process("check", "specs/lora-rank-sweep.yaml", "specs/quickstart.yaml") == 0
+    text = capsys.readouterr().out
+    assert "experiment llama32-lora-rank-sweep, 12 run(s) + 2 control" in text
+    assert "experiment quickstart, 1 run(s)" in text
+
+
+def test_user_text_is_not_read_as_markup(tmp_path, monkeypatch, capsys):
+    """Paths and names are printed as they are: "[/x]" in a path is no rich markup (and no crash)."""
+    (tmp_path / "[").mkdir()
+    for name in ("[bold]a.yaml", "[/x]b.yaml"):   # the second is x]b.yaml in a directory named "["
+        shutil.copy(REPO / "specs" / "quickstart.yaml", tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    assert specc_in_process("check", "[bold]a.yaml", "[/x]b.yaml") == 1
+    assert "defined by both [bold]a.yaml and [/x]b.yaml" in capsys.readouterr().err
 
 
 def test_committed_generated_matches_specs():
-    """The CI check for spec PRs: generated/ is what the specs compile to."""
+    """The CI check for spec PRs: generated/ is what the specs compile to.
+
+    With a fixed hash seed that is (almost surely) not the one generated/ was written with, this also
+    shows that the output does not depend on set or dict-of-set iteration order.
+    """
     specs = sorted(str(p.relative_to(REPO)) for p in (REPO / "specs").glob("*.yaml"))
-    proc = specc("compile", "--check", *specs)
+    proc = specc("compile", "--check", *specs, env={"PYTHONHASHSEED": "12345"})
     assert proc.returncode == 0, f"generated/ is stale; run `specc compile specs/*.yaml`\n{proc.stdout}{proc.stderr}"
     assert proc.stdout.count("up to date") == len(specs)
 

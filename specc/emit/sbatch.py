@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from functools import lru_cache
 
 from specc.errors import UserError
 from specc.plan.runs import RunPlan
@@ -25,7 +26,12 @@ def safe(value: object) -> str:
 
 def q(value: object) -> str:
     """Validated and shell-quoted."""
-    return shlex.quote(safe(value))
+    return _quoted(str(value))
+
+
+@lru_cache(maxsize=4096)   # a sweep's scripts repeat the same few values thousands of times
+def _quoted(text: str) -> str:
+    return shlex.quote(safe(text))
 
 
 def job_flags(run: RunPlan, *, stage: str | None, log: str, job_name: str, array: str | None = None) -> list[tuple[str, str]]:

@@ -27,6 +27,58 @@ def _env() -> jinja2.Environment:
     )
 
 
+class _Unusual(Exception):
+    pass
+
+
+_encode_str = json.encoder.encode_basestring   # what json.dumps uses with ensure_ascii=False
+
+
+def json_text(obj) -> str:
+    """`json.dumps(obj, indent=2, ensure_ascii=False)`, byte for byte, but several times faster.
+
+    json's indenting encoder is pure Python and dominated the compile of a large sweep (one config per run).
+    Anything unusual (non-string keys, NaN, subclasses) goes to json.dumps itself.
+    """
+    try:
+        return _json(obj, "\n")
+    except _Unusual:
+        return json.dumps(obj, indent=2, ensure_ascii=False)
+
+
+def _float(o: float) -> str:
+    if o != o or o in (float("inf"), float("-inf")):
+        raise _Unusual
+    return float.__repr__(o)
+
+
+_SCALARS = {str: _encode_str, int: int.__repr__, float: _float, bool: lambda o: "true" if o else "false",
+            type(None): lambda o: "null"}
+
+
+def _json(o, nl: str) -> str:
+    scalar = _SCALARS.get(type(o))
+    if scalar is not None:
+        return scalar(o)
+    inner = nl + "  "
+    t = type(o)
+    if t is dict:
+        if not o:
+            return "{}"
+        parts = []
+        for k, v in o.items():
+            if type(k) is not str:
+                raise _Unusual
+            scalar = _SCALARS.get(type(v))   # most values are scalars: no call for them
+            parts.append(_encode_str(k) + ": " + (scalar(v) if scalar is not None else _json(v, inner)))
+        return "{" + inner + ("," + inner).join(parts) + nl + "}"
+    if t is list or t is tuple:
+        if not o:
+            return "[]"
+        return "[" + inner + ("," + inner).join([_json(v, inner) for v in o]) + nl + "]"
+    raise _Unusual
+
+
 def source_name(path: Path) -> str:
     p = Path(os.path.relpath(path)) if not Path(path).is_absolute() or str(path).startswith(os.getcwd()) else Path(path)
     return p.as_posix()
@@ -36,14 +88,15 @@ def run_files(run: RunPlan, source: str) -> dict[str, str]:
     """config.json, schedule.csv and the sbatch scripts of one run."""
     exp, name = run.experiment, run.name
     config = dict(run.config, source=source)
-    files = {f"{name}/config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n"}
+    files = {f"{name}/config.json": json_text(config) + "\n"}
     if run.schedule is not None:
         files[f"{name}/schedule.csv"] = schedule_csv(run.schedule)
     config_path = f"generated/{exp}/{name}/config.json"
     log = f"runs/{exp}/logs/{name}-%j.out"
     files[f"{name}/train.sbatch"] = job_script(run, source, stage=None, select_config=f"CONFIG={q(config_path)}",
                                                log=log, job_name=f"{exp}.{name}",
-                                               what=f"Run {name} of {exp}: the full run.")
+                                               what=f"Run {name} of {exp}: the full run.",
+                                               gate=run.test_resources is not None)
     if run.test_resources is not None:
         files[f"{name}/test.sbatch"] = job_script(run, source, stage="test", select_config=f"CONFIG={q(config_path)}",
                                                   log=f"runs/{exp}/logs/{name}.test-%j.out", job_name=f"{exp}.{name}.test",
@@ -51,15 +104,17 @@ def run_files(run: RunPlan, source: str) -> dict[str, str]:
     return files
 
 
-def job_script(run: RunPlan, source: str, *, stage, select_config, log, job_name, what, array=None) -> str:
+def job_script(run: RunPlan, source: str, *, stage, select_config, log, job_name, what, array=None, gate=False) -> str:
     res = run.test_resources if stage == "test" else run.resources
     distributed = res.gpus > 1 or res.nodes > 1
+    gpus_per_node = -(-res.gpus // res.nodes) if res.gpus else 1
     return _env().get_template("job.sbatch.j2").render(
         source=safe(source), what=safe(what),   # comment lines: a newline in a spec's path would start a command
         sbatch_lines=render_flags(job_flags(run, stage=stage, log=log, job_name=job_name, array=array)),
         max_requeues=int(res.max_requeues), select_config=select_config,
-        stage_arg=" --stage test" if stage == "test" else "",
-        distributed=distributed, gpus_per_node=-(-res.gpus // res.nodes) if res.gpus else 1,
+        stage_arg=" --stage test" if stage == "test" else "", gate=gate,
+        distributed=distributed, gpus_per_node=gpus_per_node, cpus_per_rank=max(1, res.cpus // gpus_per_node),
+        overcommit=" --overcommit" if res.cpus < gpus_per_node else "",
     )
 
 
@@ -73,7 +128,9 @@ def array_script(plan: ExperimentPlan, source: str, stage: str | None) -> str:
     limit = plan.spec.sweep.max_concurrent if plan.spec.sweep else None
     array = f"0-{len(runs) - 1}" + (f"%{limit}" if limit else "")
     suffix = ".test" if stage else ""
-    return job_script(lead, source, stage=stage, select_config=select, array=array,
+    # Every full task checks its own run's test stage (a control run has none: the gate passes it).
+    gate = stage is None and any(r.test_resources is not None for r in runs)
+    return job_script(lead, source, stage=stage, select_config=select, array=array, gate=gate,
                       log=f"runs/{plan.experiment}/logs/%x-%A_%a.out", job_name=f"{plan.experiment}{suffix}",
                       what=f"Every run of {plan.experiment} as one job array" + (" (test stage)." if stage else "."))
 
@@ -178,8 +235,27 @@ class WriteResult:
     removed: list[Path]
 
 
+def _scan(root: Path) -> tuple[set[str], set[str]]:
+    """Files and directories under root, relative to it (one walk; a large sweep has thousands)."""
+    files, dirs = set(), set()
+    if not root.is_dir():
+        return files, dirs
+    stack = [(str(root), "")]
+    while stack:
+        path, rel = stack.pop()
+        with os.scandir(path) as entries:
+            for entry in entries:
+                name = f"{rel}{entry.name}"
+                if entry.is_dir(follow_symlinks=False):
+                    dirs.add(name)
+                    stack.append((entry.path, name + "/"))
+                elif entry.is_file():
+                    files.add(name)
+    return files, dirs
+
+
 def existing_files(root: Path) -> set[str]:
-    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} if root.is_dir() else set()
+    return _scan(root)[0]
 
 
 def stale_diff(root: Path, files: dict[str, str]) -> list[str]:
@@ -200,22 +276,39 @@ def stale_diff(root: Path, files: dict[str, str]) -> list[str]:
 def write_files(root: Path, files: dict[str, str]) -> WriteResult:
     """Write changed files atomically and remove files the spec no longer produces."""
     written, unchanged, removed = [], 0, []
-    for rel, content in sorted(files.items()):
-        path = root / rel
-        if path.is_file() and path.read_text(encoding="utf-8") == content:
-            unchanged += 1
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(content, encoding="utf-8")
-        if path.suffix == ".sbatch":
-            tmp.chmod(0o755)
-        os.replace(tmp, path)
-        written.append(path)
-    for rel in sorted(existing_files(root) - set(files)):
+    on_disk, dirs_on_disk = _scan(root)
+    base = os.fspath(root)
+    made: set[str] = set()
+    suffix = f".tmp-{os.getpid()}"
+    for rel, content in sorted(files.items()):   # plain strings, not Paths: a sweep writes thousands of files
+        path = os.path.join(base, rel)
+        if rel in on_disk:
+            with open(path, encoding="utf-8") as fh:
+                if fh.read() == content:
+                    unchanged += 1
+                    continue
+        parent, name = os.path.split(path)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
+        # A file that exists is replaced atomically (write a temporary file, rename it over). A new one is
+        # written in place: nothing reads it yet, and a write cut short is stale to `--check` and redone.
+        target = os.path.join(parent, f".{name}{suffix}") if rel in on_disk else path
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        if name.endswith(".sbatch"):
+            os.fchmod(fd, 0o755)
+        with open(fd, "w", encoding="utf-8") as fh:
+            fh.write(content)
+        if target != path:
+            os.replace(target, path)
+        written.append(Path(path))
+    for rel in sorted(on_disk - set(files)):
         (root / rel).unlink()
         removed.append(root / rel)
-    for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+    # Directories that held nothing the spec produces may now be empty.
+    kept = {rel.rsplit("/", i)[0] for rel in files for i in range(1, rel.count("/") + 1)}
+    for rel in sorted(dirs_on_disk - kept, key=lambda d: -d.count("/")):
+        d = root / rel
         if not any(d.iterdir()):
             d.rmdir()
     return WriteResult(written, unchanged, removed)

@@ -86,7 +86,7 @@ def train(s: Session) -> dict:
                     save(s, metrics, progress)
                 if stop:
                     break
-                if signals.received:
+                if signals.received and state["step"] < s.total_steps:   # on the last step: just finish
                     stop = Stop("interrupted", f"{signals.received} received; checkpointed at step {state['step']}")
                     break
         finally:

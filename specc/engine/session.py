@@ -198,6 +198,7 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
         backend.load_state(arrays)
         state = {k: v for k, v in saved.items() if k not in ("data_position", "schedule", "total_steps", "wall_s", "format_version")}
         state["wall_s_before"] = saved.get("wall_s", 0.0)
+        state["last_ckpt"] = state["step"]   # the saved value predates this very checkpoint: do not write it again
         state["restarts"] = state.get("restarts", 0) + 1
         schedule, total = ScheduleSpec(**saved["schedule"]), saved["total_steps"]
         if extend_to is not None and extend_to > state["step"]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 from specc.errors import SpecIssue
 from specc.spec.catalog import Catalog, Cluster
@@ -30,9 +30,12 @@ class ResolvedResources:
     signal_lead_source: str
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {f: getattr(self, f) for f in _FIELDS}   # every value is a scalar but choices (asdict deep-copies: slow)
         d["choices"] = [list(c) for c in self.choices]
         return d
+
+
+_FIELDS = tuple(f.name for f in fields(ResolvedResources))
 
 
 def mem_gb(mem: str) -> float:

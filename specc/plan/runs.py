@@ -6,15 +6,15 @@ only makes sense across fields. Every problem is reported at once, anchored in t
 """
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import os
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from specc import __version__
 from specc.errors import SpecError, SpecIssue
@@ -23,7 +23,7 @@ from specc.plan.schedule import ScheduleSpec
 from specc.spec.catalog import load_catalog
 from specc.spec.model import SLUG, Spec
 from specc.spec.profiles import FALLBACK, PROFILES
-from specc.spec.validate import LoadedSpec, _fields_at, pydantic_issues
+from specc.spec.validate import LoadedSpec, _fields_at, _model_of, pydantic_issues
 
 PROFILE_FIELDS = (("training", "batch_size"), ("training", "grad_accum"), ("data", "max_length"))
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.]+)\}")
@@ -69,23 +69,24 @@ def _get(data: dict, path: tuple):
     return data
 
 
-def _set(data: dict, path: tuple, value) -> None:
-    for p in path[:-1]:
-        data = data.setdefault(p, {})
-    if isinstance(value, dict) and isinstance(data.get(path[-1]), dict):
-        merged = copy.deepcopy(data[path[-1]])
-        _deep_merge(merged, value)
-        data[path[-1]] = merged
+def _set(data: dict, path: tuple, value) -> dict:
+    """A copy of `data` with `value` at `path` (a mapping is merged into a mapping); shares what it leaves alone."""
+    head, current = path[0], data.get(path[0])
+    out = dict(data)
+    if len(path) > 1:
+        out[head] = _set(current if isinstance(current, dict) else {}, path[1:], value)
+    elif isinstance(value, dict) and isinstance(current, dict):
+        out[head] = _merged(current, value)
     else:
-        data[path[-1]] = copy.deepcopy(value)
+        out[head] = value
+    return out
 
 
-def _deep_merge(base: dict, extra: dict) -> None:
+def _merged(base: dict, extra: dict) -> dict:
+    out = dict(base)
     for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _deep_merge(base[k], v)
-        else:
-            base[k] = copy.deepcopy(v)
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _dotted(data, path: str):
@@ -122,8 +123,8 @@ def count_steps(spec: Spec, spec_dir: Path) -> StepCount:
     if t.max_steps is not None:
         return StepCount(t.max_steps, "declared (training.max_steps)")
     samples, source = d.samples, "declared data.samples"
-    train = spec_dir / d.train if not d.train.startswith("builtin:") else None
-    if samples is None and train is not None and train.is_file():
+    train = spec_dir / d.train if samples is None and not d.train.startswith("builtin:") else None
+    if train is not None and train.is_file():
         with open(train, "rb") as fh:
             samples = sum(1 for line in fh if line.strip())
         source = f"counted: {samples} lines in {d.train}"
@@ -174,19 +175,21 @@ def plan_experiment(loaded: LoadedSpec) -> ExperimentPlan:
     runs: list[RunPlan] = []
     names: dict[str, tuple] = {}
     controls: dict[str, Spec] = {}
+    resolved_cache: dict = {}
+    name_sections = {m.group(1).split(".")[0] for m in _PLACEHOLDER.finditer(spec.sweep.name)} if spec.sweep else set()
     for point in points:
-        raw = copy.deepcopy(base) if point else base
+        raw = base   # the YAML's plain values; nothing below mutates them
         for key, value in point:
-            _set(raw, tuple(key.split(".")), value)
-        try:
-            run_spec = Spec.model_validate(raw) if point else spec
-        except ValidationError as exc:
-            for issue in pydantic_issues(exc, located, Spec):
-                issues.append(_point_issue(located, issue, point, value_index))
+            raw = _set(raw, tuple(key.split(".")), value)
+        point_issues: list[SpecIssue] = []
+        run_spec = _validate_point(spec, raw, point, located, point_issues) if point else spec
+        if point_issues:
+            issues += [_point_issue(located, issue, point, value_index) for issue in point_issues]
             continue
         run_spec, provenance = _apply_profile(run_spec, point)
-        resolved = run_spec.model_dump(mode="json")
         if spec.sweep is not None:
+            # Dump only the sections the naming template names: a large sweep plans thousands of runs.
+            resolved = {s: _plain(getattr(run_spec, s)) for s in name_sections if s in Spec.model_fields}
             try:
                 name = run_name(spec.sweep.name, resolved)
             except KeyError as exc:
@@ -203,7 +206,8 @@ def plan_experiment(loaded: LoadedSpec) -> ExperimentPlan:
                                         f"and {_label(point)}); add the differing field to the template"))
             continue
         names[name] = point
-        runs.append(_build_run(loaded, run_spec, name, "train", len(runs), point, provenance, catalog, issues))
+        runs.append(_build_run(loaded, run_spec, name, "train", len(runs), point, provenance, catalog, issues,
+                               resolved_cache))
         controls.setdefault(run_spec.model.path, run_spec)
 
     if spec.sweep is not None and spec.sweep.control and not issues:
@@ -215,7 +219,7 @@ def plan_experiment(loaded: LoadedSpec) -> ExperimentPlan:
             if run_spec.data.valid is None and run_spec.data.test is None:
                 issues.append(located.issue(("sweep", "control"), "control runs evaluate the base model: set data.valid or data.test"))
                 break
-            runs.append(_build_run(loaded, run_spec, name, "control", len(runs), (), (), catalog, issues))
+            runs.append(_build_run(loaded, run_spec, name, "control", len(runs), (), (), catalog, issues, resolved_cache))
     if issues:
         raise SpecError(list(dict.fromkeys(issues)))   # one bad axis value fails many points: report it once
     for run in runs:
@@ -223,7 +227,35 @@ def plan_experiment(loaded: LoadedSpec) -> ExperimentPlan:
             warnings.append(f"run {run.name}: checkpoint_every ({run.spec.training.checkpoint_every}) exceeds the run's "
                             f"{run.steps.steps} steps: only the final checkpoint is written")
             break
-    return ExperimentPlan(loaded.path, spec.experiment, spec, tuple(runs), catalog_source, tuple(warnings))
+    from specc.plan.estimate import apply_estimates   # calibrations/ + declared figures: committed inputs only
+
+    return apply_estimates(ExperimentPlan(loaded.path, spec.experiment, spec, tuple(runs), catalog_source, tuple(warnings)))
+
+
+def _plain(value):
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+@lru_cache(maxsize=None)
+def _section_adapter(section: str) -> tuple[TypeAdapter, type[BaseModel] | None]:
+    annotation = Spec.model_fields[section].annotation
+    return TypeAdapter(annotation, config=None if _model_of(annotation) else Spec.model_config), _model_of(annotation)
+
+
+def _validate_point(spec: Spec, raw: dict, point, located, issues: list[SpecIssue]) -> Spec | None:
+    """The spec at a sweep point: only the sections the point changes are validated again.
+
+    The sections of a spec are independent (Spec has no cross-section validator), so this gives the
+    same result as validating the whole spec, and untouched sections stay the very same objects.
+    """
+    update = {}
+    for section in dict.fromkeys(key.split(".")[0] for key, _ in point):
+        adapter, model = _section_adapter(section)
+        try:
+            update[section] = adapter.validate_python(raw.get(section))
+        except ValidationError as exc:
+            issues += pydantic_issues(exc, located, model or Spec, prefix=(section,))
+    return None if issues else spec.model_copy(update=update)
 
 
 def _point_issue(located, issue: SpecIssue, point, value_index) -> SpecIssue:
@@ -262,7 +294,8 @@ def _apply_profile(spec: Spec, point) -> tuple[Spec, tuple]:
     profile = PROFILES[spec.profile]
     swept = {k for k, _ in point}
     provenance = []
-    sections = {"training": spec.training.model_dump(), "data": spec.data.model_dump()}
+    sections = {"training": {"batch_size": spec.training.batch_size, "grad_accum": spec.training.grad_accum},
+                "data": {"max_length": spec.data.max_length}}
     for section, name in PROFILE_FIELDS:
         dotted = f"{section}.{name}"
         if sections[section][name] is not None:
@@ -284,7 +317,7 @@ def _apply_profile(spec: Spec, point) -> tuple[Spec, tuple]:
 
 
 def _build_run(loaded: LoadedSpec, spec: Spec, name: str, kind: str, index: int, point, provenance, catalog,
-               issues: list[SpecIssue]) -> RunPlan:
+               issues: list[SpecIssue], cache: dict | None = None) -> RunPlan:
     located, spec_dir = loaded.located, loaded.path.parent
     t = spec.training
     steps = count_steps(spec, spec_dir) if kind == "train" else StepCount(0, "control: evaluation only")
@@ -312,11 +345,25 @@ def _build_run(loaded: LoadedSpec, spec: Spec, name: str, kind: str, index: int,
     if kind == "train" and test is not None and steps.steps is not None and test.max_steps >= steps.steps:
         issues.append(located.issue(("stages", "test", "max_steps"),
                                     f"run {name}: the test stage ({test.max_steps} steps) must be shorter than the full run ({steps.steps})"))
-    resources = resolve_resources(spec, catalog, located, issues, stage=None, run=name)
-    test_resources = resolve_resources(spec, catalog, located, issues, stage="test", run=name) if test and kind == "train" else None
+    resources = _resolve(spec, catalog, located, issues, None, name, cache)
+    test_resources = _resolve(spec, catalog, located, issues, "test", name, cache) if test and kind == "train" else None
     config = _trainer_config(spec, spec_dir, name, kind, index, point, steps, schedule, provenance, resources, test_resources)
     return RunPlan(spec.experiment, name, kind, index, tuple(point), spec, steps, schedule, tuple(provenance),
                    resources, test_resources, config)
+
+
+def _resolve(spec: Spec, catalog, located, issues: list[SpecIssue], stage, run: str, cache: dict | None):
+    """resolve_resources, once per distinct resources section: sweep points that leave it alone share it."""
+    key = (id(spec.resources), id(spec.stages), stage)
+    hit = cache.get(key) if cache is not None else None
+    if hit is not None and hit[0] is spec.resources and hit[1] is spec.stages:
+        return hit[2]
+    found: list[SpecIssue] = []
+    resolved = resolve_resources(spec, catalog, located, found, stage=stage, run=run)
+    issues += found
+    if cache is not None and not found:   # problems name their run: those are found again for every run
+        cache[key] = (spec.resources, spec.stages, resolved)
+    return resolved
 
 
 def _trainer_config(spec: Spec, spec_dir: Path, name, kind, index, point, steps, schedule, provenance, resources,

@@ -14,7 +14,8 @@ total. Strategy B (restart from old weights) is just a fresh schedule.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
+from functools import lru_cache
 from typing import Literal
 
 Kind = Literal["constant", "linear", "cosine", "wsd"]
@@ -46,7 +47,10 @@ class ScheduleSpec:
         return self.peak_lr * self.min_lr_ratio
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {f: getattr(self, f) for f in _FIELDS}   # all scalars: no need for asdict's deep copy
+
+
+_FIELDS = tuple(f.name for f in fields(ScheduleSpec))
 
 
 def _shape(kind: str, p: float) -> float:
@@ -117,6 +121,7 @@ def key_steps(spec: ScheduleSpec, points: int = 20) -> list[int]:
     return sorted(s for s in steps if first <= s <= last)
 
 
+@lru_cache(maxsize=256)   # a sweep over ranks or models repeats a handful of schedules many times
 def schedule_csv(spec: ScheduleSpec) -> str:
     """The schedule as a small, reviewable CSV (step,lr) at its key steps."""
     rows = ["step,lr"] + [f"{s},{lr(spec, s):.6e}" for s in key_steps(spec)]

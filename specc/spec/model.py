@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import lru_cache
 from typing import Annotated, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -37,6 +38,7 @@ def _plain_name(v: str) -> str:
 Name = Annotated[str, Field(min_length=1), AfterValidator(_plain_name)]
 
 
+@lru_cache(maxsize=1024)
 def parse_time(value: str) -> int:
     """SLURM time 'D-HH:MM:SS', 'HH:MM:SS' or 'HH:MM' → seconds."""
     m = TIME.match(value.strip())

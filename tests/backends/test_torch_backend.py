@@ -126,6 +126,17 @@ def test_broken_dir_says_what_was_found(tmp_path, tiny_llama_dir, drop, expect):
     assert str(d) in text
 
 
+def test_corrupt_weights_are_a_user_error(tmp_path, tiny_llama_dir):
+    d = tmp_path / "m"
+    d.mkdir()
+    for f in tiny_llama_dir.iterdir():
+        if f.name != "model.safetensors":
+            (d / f.name).symlink_to(f)
+    (d / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="could not load the model"):
+        new_backend(d)
+
+
 def test_bad_settings_are_user_errors(tiny_llama_dir):
     with pytest.raises(UserError, match="lora.layers"):
         new_backend(tiny_llama_dir, layers=5)
@@ -205,6 +216,16 @@ def test_padding_and_batch_rows_are_independent(backend):
     exact = backend.eval_loss(make_batch([[d1]], 10))
     assert padded[1] == exact[1] == 9
     assert padded[0] == pytest.approx(exact[0], rel=1e-6)
+
+
+def test_trailing_padding_is_trimmed_without_changing_the_loss(backend):
+    docs = [[doc(25, 6), doc(26, 5)], [doc(27, 9)]]
+    tight, wide = make_batch(docs, 11), make_batch(docs, 40)
+    assert backend._trim(wide).input_ids.shape == (2, 11)
+    assert backend._trim(tight) is tight
+    assert backend.eval_loss(wide) == backend.eval_loss(tight)
+    assert backend.forward_backward(wide, 1.0) == backend.forward_backward(tight, 1.0)
+    backend.zero_grad()
 
 
 def test_mask_is_additive_in_model_dtype_and_cached(backend):

@@ -12,7 +12,9 @@ killed by signal -rc, as subprocess reports it). The server itself never trains,
 from holds live thread pools.
 
 `inject` (optional) wraps the backend the child builds, for faults a real backend cannot be asked to
-produce (tests/conformance/_faulty.py).
+produce (tests/conformance/_faulty.py). `call` (instead of argv) runs a function of _inproc.py in the
+child, for checks that need a live backend object; its JSON result goes to a file.
+`_zygote.py --once REQUEST` runs one request in the current process (no fork): the subprocess runner.
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ def _child(req: dict) -> int:
         out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(out, fd)
         os.close(out)
+    if req.get("call"):
+        return _call(req["call"])
     if req.get("inject"):
         import _faulty
 
@@ -58,6 +62,19 @@ def _child(req: dict) -> int:
     except BaseException:  # what the interpreter would do with an uncaught exception
         traceback.print_exc()
         return 1
+
+
+def _call(call: dict) -> int:
+    """Run `module:function(**kwargs)` (a check that needs a live backend object) and write its JSON result."""
+    module, _, name = call["target"].partition(":")
+    try:
+        result = getattr(importlib.import_module(module), name)(**call["kwargs"])
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    with open(call["result"], "w") as fh:
+        json.dump(result, fh)
+    return 0
 
 
 def serve(preload: list[str]) -> None:
@@ -88,4 +105,6 @@ def serve(preload: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--once"]:   # no server: run one request in this process (the subprocess runner)
+        os._exit(_child(json.loads(sys.argv[2])))
     serve(sys.argv[1:])

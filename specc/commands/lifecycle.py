@@ -1,0 +1,399 @@
+"""The experiment lifecycle around `specc run`: plan, calibrate, watch, report, diff."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from rich.console import Console
+
+from specc.cli import _plan_all, app, fail
+from specc.errors import EXIT_FAILED, UserError
+
+
+class _Out:
+    """stdout, wide enough for the tables when it is not a terminal (logs, CI, pipes)."""
+
+    def __getattr__(self, name):
+        import shutil
+
+        console = Console(highlight=False, soft_wrap=False)
+        if not console.is_terminal:
+            console = Console(highlight=False, soft_wrap=False, width=max(shutil.get_terminal_size((160, 24)).columns, 160))
+        return getattr(console, name)
+
+
+out = _Out()
+
+CAL_HELP = "calibrations directory (default: $SPECC_CALIBRATIONS, else ./calibrations)"
+
+
+def _e(x) -> str:
+    return escape(str(x))
+
+
+# --- plan ----------------------------------------------------------------------------------------------
+
+@app.command()
+def plan(
+    spec: Path = typer.Argument(..., help="a spec file"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where prior runs are (estimate source 2)"),
+    data: bool = typer.Option(True, "--data/--no-data", help="analyse the local model and data with the real tokenizer"),
+    calibrations: Optional[Path] = typer.Option(None, "--calibrations", help=CAL_HELP),
+):
+    """Check the model and data, estimate time and memory (every number with its source), fit the window."""
+    from specc.lifecycle.calibrations import load_calibration
+    from specc.lifecycle.estimate import (estimate_run, fit_window, fmt_duration, gpu_hours, load_priors,
+                                          recommend_batch)
+    from specc.lifecycle.shape import device_key
+    from specc.spec.catalog import load_catalog
+    from specc.spec.model import parse_time
+
+    try:
+        (loaded, p), = _plan_all([spec])
+    except UserError as exc:
+        fail(exc)
+    n_control = sum(r.kind == "control" for r in p.runs)
+    out.print(f"[bold]{_e(p.experiment)}[/] ({_e(spec)}): {len(p.runs) - n_control} training run(s)"
+              + (f" + {n_control} control" if n_control else "") + f", profile {p.spec.profile}")
+
+    # Model check.
+    models, analyses, facts = {}, {}, {}
+    if data:
+        from specc.lifecycle.analysis import analyze_data, check_model, facts_from_analysis
+
+        for run in p.runs:
+            path = run.config["model"]["path"]
+            if path not in models:
+                models[path] = check_model(path)
+        t = Table(title="Model", title_justify="left")
+        for c in ("model", "status", "parameters", "layers × hidden", "notes"):
+            t.add_column(c)
+        hints = []
+        for path, m in models.items():
+            arch = f"{m.arch.get('num_hidden_layers', '?')} × {m.arch.get('hidden_size', '?')}" if m.ok else "—"
+            note = "" if m.ok else m.problem
+            if not m.ok:
+                hints.append(f"{path}: " + (f"available beside it: {', '.join(m.available)}" if m.available
+                                            else m.hint or "nothing usable beside it"))
+            t.add_row(_e(path), "[green]ok[/]" if m.ok else "[red]missing[/]",
+                      f"{m.params / 1e6:,.1f} M" if m.params else "—", arch, _e(note))
+        out.print(t)
+        for h in hints:
+            out.print(f"  [red]model[/]: {_e(h)}")
+        # Dataset analysis (one per distinct tokenization/batching).
+        t = Table(title="Data (tokenized with the model's tokenizer)", title_justify="left")
+        for c in ("runs", "samples (train/valid/test)", "tokens p50/p90/max", "truncated", "windows / overlap / seen",
+                  "packing eff.", "batches/epoch", "steps", "tokens fed"):
+            t.add_column(c)
+        warnings = []
+        groups: dict = {}
+        for run in p.runs:
+            if run.kind != "train":
+                continue
+            m = models[run.config["model"]["path"]]
+            if not m.ok:
+                continue
+            a = analyze_data(run.config, m.resolved)
+            groups.setdefault(a.key, (a, []))[1].append(run.name)
+            analyses[run.name] = a
+            f = facts_from_analysis(run.config, a)
+            if f is not None:
+                facts[run.name] = f
+        for a, names in groups.values():
+            label = names[0] if len(names) == 1 else f"{names[0]} … ({len(names)})"
+            if a.problem:
+                t.add_row(_e(label), _e(a.problem), "", "", "", "", "", "", "")
+                continue
+            r = a.report
+            split = "/".join(str(a.splits.get(s, "—")) for s in ("train", "valid", "test"))
+            trunc = f"{r.n_truncated / r.n_examples:.0%} of samples" if r.n_examples else "—"
+            if a.truncated_token_share is not None:
+                trunc += f", {a.truncated_token_share:.0%} of tokens"
+            windows = (f"{r.n_sequences:,} / {r.overlap_fraction:.0%} / {r.times_seen_per_epoch:.2f}×"
+                       + (f" (stride {r.stride})" if r.stride else " (no stride)"))
+            t.add_row(_e(label), split, f"{r.length_p50}/{r.length_p90}/{r.length_max}", trunc, windows,
+                      f"{a.packing_efficiency:.0%}", f"{a.batches_per_epoch:,}", f"{a.steps:,}", f"{a.tokens:,.0f}")
+            warnings += [f"{label}: {w}" for w in a.warnings]
+        if groups:
+            out.print(t)
+        for w in dict.fromkeys(warnings):
+            out.print(f"[yellow]compute wasted[/]: {_e(w)}")
+
+    # Estimates.
+    priors = load_priors(runs_dir)
+    cals: dict = {}
+    estimates = {}
+    for run in p.runs:
+        key = device_key(run.config["resources"])
+        if key not in cals:
+            cals[key] = load_calibration(key, calibrations)
+        m = models.get(run.config["model"]["path"])
+        estimates[run.name] = estimate_run(run.config, calibration=cals[key], facts=facts.get(run.name), priors=priors,
+                                           new_params=m.params if m and m.ok else None,
+                                           new_arch=m.arch if m and m.ok and m.arch.get("hidden_size") else None)
+    t = Table(title="Estimates (every number with its source)", title_justify="left")
+    for c in ("run", "source", "steps", "tokens", "tok/s", "steps time", "+ evals, ckpts", "= wall",
+              "+ startup = job", "peak mem", "window"):
+        t.add_column(c)
+    sources: dict[str, str] = {}
+    total_h = total_gpu_h = 0.0
+    catalog, _ = load_catalog(p.spec_path, p.spec.resources.catalog)
+    fits = {}
+    for run in p.runs:
+        e = estimates[run.name]
+        sources.setdefault(e.source_text, e.source)
+        r = run.spec.resources
+        fit = fit_window(run.config, e, r.window_hours, r.margin_hours,
+                         None if r.window_hours else parse_time(run.resources.time))
+        fits[run.name] = fit
+        declared = e.source == "declared"
+        label = {"declared": "[yellow]declared, unmeasured[/]", "calibration": "[green]calibration[/]",
+                 "prior": "[cyan]prior run[/]", "none": "[dim]none[/]"}[e.source]
+        fit_text = "—" if fit.fits is None else ("[green]fits[/]" if fit.fits else "[red]does not fit[/]")
+        t.add_row(_e(run.name), label, f"{e.steps:,}" if e.steps else "—",
+                  f"{e.tokens:,.0f}" if e.tokens else "—", f"{e.tokens_per_s:,.0f}" if e.tokens_per_s else "—",
+                  fmt_duration(e.train_s) if e.train_s is not None else "—",
+                  "not in figure" if declared else fmt_duration(e.overhead_s) if e.train_s is not None else "—",
+                  fmt_duration(e.wall_s) if e.wall_s is not None else "—",
+                  ("not in figure" if declared else fmt_duration(e.total_s)) if e.total_s is not None else "—",
+                  f"{e.peak_mem_gb:.2f} GB" if e.peak_mem_gb else "—", fit_text)
+        if e.total_s:
+            total_h += e.total_s / 3600
+            total_gpu_h += gpu_hours(e.total_s, run.resources.gpus) or 0
+    out.print(t)
+    for text, kind in sources.items():
+        out.print(f"  source ({kind}): {_e(text)}")
+    tok_sources = {estimates[r.name].tokens_source for r in p.runs if estimates[r.name].tokens_source and r.kind == "train"}
+    for ts in sorted(tok_sources)[:3]:
+        out.print(f"  tokens: {_e(ts)}")
+    first = next((r for r in p.runs if r.kind == "train"), p.runs[0])
+    e = estimates[first.name]
+    if e.parts and e.source == "calibration":
+        out.print("  breakdown (" + _e(first.name) + "): " + ", ".join(f"{k} {fmt_duration(v)}" for k, v in e.parts.items()))
+    for note in dict.fromkeys(n for est in estimates.values() for n in est.notes):
+        out.print(f"  note: {_e(note)}")
+
+    # Window and batch.
+    out.print("")
+    out.print("[bold]Fit to the window[/]")
+    shown = set()
+    for run in p.runs:
+        fit = fits[run.name]
+        if run.kind != "train" or (fit.text, fit.suggestions) in shown:
+            continue
+        shown.add((fit.text, fit.suggestions))
+        colour = "green" if fit.fits else "red" if fit.fits is False else "yellow"
+        out.print(f"  {_e(run.name)}: [{colour}]{_e(fit.text)}[/]")
+        for s in fit.suggestions:
+            out.print(f"    → {_e(s)}")
+    res = first.resources
+    out.print(f"  sbatch --time {res.time} ({_e(res.time_source)}); signal {res.signal_lead_s} s before it "
+              f"({_e(res.signal_lead_source)})")
+    cluster = catalog.clusters.get(res.cluster)
+    gpu_mem = cluster.gpu_types[res.gpu_type].memory_gb if cluster and res.gpu_type in (cluster.gpu_types or {}) else None
+    if res.gpus and gpu_mem:
+        for run in p.runs:
+            if run.kind != "train":
+                continue
+            est = estimates[run.name]
+            entry = cals.get(device_key(run.config["resources"]))
+            fixed = None
+            if entry and est.source == "calibration":
+                mem = (entry.entry(est.shape_key) or {}).get("memory") or {}
+                fixed = mem.get("fixed_mb") / 1024 if mem.get("fixed_mb") else None
+            rec = recommend_batch(est, gpu_mem, run.spec.training.batch_size, run.spec.training.grad_accum, fixed)
+            if rec:
+                out.print(f"  batch for {_e(run.name)} on {res.gpu_type} ({gpu_mem:g} GB): {_e(rec[2])}")
+            elif est.peak_mem_gb and not est.measured:
+                out.print(f"  batch: peak memory {est.peak_mem_gb:g} GB is declared, not measured; calibrate to size "
+                          "the batch for 70% of the GPU")
+            break
+    elif res.gpus:
+        out.print(f"  batch: the catalog has no memory figure for GPU type {res.gpu_type!r}; cannot size the batch")
+
+    # Sweep summary.
+    if p.spec.sweep is not None:
+        out.print("")
+        t = Table(title=f"Sweep: {len(p.runs)} runs, naming {p.spec.sweep.name}", title_justify="left")
+        axes = list(p.spec.sweep.matrix)
+        for c in ("#", "run", "kind", *axes, "steps", "job time", "GPU-hours"):
+            t.add_column(c)
+        for run in p.runs:
+            point = dict(run.overrides)
+            e = estimates[run.name]
+            t.add_row(str(run.index), _e(run.name), run.kind,
+                      *[_e(_short(point.get(a, "—"))) for a in axes],
+                      f"{run.steps.steps:,}" if run.steps.steps else "—",
+                      fmt_duration(e.total_s) if e.total_s else "—",
+                      f"{gpu_hours(e.total_s, run.resources.gpus):.2f}" if e.total_s and run.resources.gpus else "—")
+        out.print(t)
+    out.print(f"[bold]Total[/]: {total_h:.2f} h of jobs" + (f", {total_gpu_h:.1f} GPU-hours" if total_gpu_h else "")
+              + (" (estimated runs only)" if any(estimates[r.name].total_s is None for r in p.runs if r.kind == "train") else ""))
+    for w in p.warnings:
+        out.print(f"[yellow]warning[/]: {_e(w)}")
+
+
+def _short(v) -> str:
+    if isinstance(v, dict):
+        keys = [k for k in ("size", "rank") if k in v] or [k for k in v if k == "path"] or list(v)[:2]
+        return ", ".join(f"{k}={v[k]}" for k in keys)[:40]
+    return str(v)
+
+
+# --- calibrate -----------------------------------------------------------------------------------------
+
+@app.command()
+def calibrate(
+    spec: Path = typer.Argument(..., help="a spec file"),
+    run_names: Optional[List[str]] = typer.Option(None, "--run", help="only these runs (default: one per distinct shape)"),
+    steps: int = typer.Option(20, "--steps", min=5, help="optimizer steps to run per shape"),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="first steps left out of the throughput"),
+    backend: Optional[str] = typer.Option(None, "--backend", help="torch | mlx (overrides the spec)"),
+    key: Optional[str] = typer.Option(None, "--key", help="store under calibrations/KEY.json instead of the spec's device key"),
+    calibrations: Optional[Path] = typer.Option(None, "--calibrations", help=CAL_HELP),
+):
+    """Measure tokens/s, peak memory and fixed overheads of each distinct run shape on this hardware."""
+    from specc.lifecycle.calibrate import calibrate_plan
+    from specc.lifecycle.estimate import fmt_duration
+
+    if backend not in (None, "torch", "mlx"):
+        fail(UserError(f"--backend {backend!r}: choose torch or mlx"))
+    try:
+        (loaded, p), = _plan_all([spec])
+        path, results = calibrate_plan(p, steps=steps, warmup=warmup, backend=backend, key=key,
+                                       directory=calibrations, only=run_names, log=lambda m: out.print(_e(m)))
+    except UserError as exc:
+        fail(exc)
+    t = Table(title=f"Calibration → {path}", title_justify="left")
+    for c in ("run (shape)", "tokens/s", "step", "± stdev", "peak mem", "startup", "eval batch", "checkpoint", "device"):
+        t.add_column(c)
+    for r in results:
+        e = r.entry
+        o = e["overheads"]
+        t.add_row(_e(r.run), f"{e['throughput']['tokens_per_s']:,.0f}", f"{e['throughput']['step_s']:.3f} s",
+                  f"{e['throughput']['step_s_stdev']:.3f} s", f"{e['memory']['peak_mb']:,.0f} MB",
+                  fmt_duration(o["import_s"] + o["model_load_s"] + o["data_s"]), f"{o['eval_batch_s']:.3f} s",
+                  f"{o['checkpoint_s']:.2f} s", _e(e["measured"]["device_text"]))
+    out.print(t)
+    out.print(f"commit {path}: `specc compile` and `specc plan` use it for runs of these shapes.")
+
+
+# --- report --------------------------------------------------------------------------------------------
+
+@app.command()
+def report(
+    experiment: str = typer.Argument(..., help="an experiment name (runs/<name>) or its directory"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="the baseline experiment (default: the spec's)"),
+    sort: Optional[str] = typer.Option(None, "--sort", help="sort runs by a metric (best_val_loss, tokens_per_s, ...)"),
+    desc: bool = typer.Option(False, "--desc", help="sort descending"),
+    plots: bool = typer.Option(True, "--plots/--no-plots"),
+    write_back: bool = typer.Option(True, "--write-back/--no-write-back",
+                                    help="record estimated/actual time in the calibration file"),
+    include_test: bool = typer.Option(False, "--include-test", help="include <run>.test stage runs"),
+    calibrations: Optional[Path] = typer.Option(None, "--calibrations", help=CAL_HELP),
+):
+    """Judge the hypothesis against the runs, compare estimated and actual time, plot, write report.md."""
+    from specc.lifecycle.report import COLUMNS, build_report, run_row, write_report
+    from specc.lifecycle.verdict import CONFIRMED, REJECTED
+
+    try:
+        rep = build_report(experiment, runs_root=runs_dir, baseline=baseline, write_back_accuracy=write_back,
+                           plots=plots, calibrations_dir=calibrations, include_test=include_test)
+    except UserError as exc:
+        fail(exc)
+    colour = {CONFIRMED: "green", REJECTED: "red"}.get(rep.overall, "yellow")
+    out.print(f"[bold]{_e(rep.experiment)}[/]: hypothesis [{colour}]{rep.overall}[/]"
+              + (f" (baseline {_e(rep.baseline)})" if rep.baseline else ""))
+    t = Table(title_justify="left")
+    for c in ("run", *COLUMNS, "verdicts"):
+        t.add_column(c)
+    for r in rep.sorted_runs(sort, desc):
+        t.add_row(*map(_e, run_row(r)))
+    out.print(t)
+    for r in rep.runs:
+        for v in r.verdicts:
+            c = {CONFIRMED: "green", REJECTED: "red"}.get(v.verdict, "yellow")
+            out.print(f"  {_e(r.run.name)}: {_e(v.expectation)} → [{c}]{v.verdict}[/] ({_e(v.reason)})")
+        if r.accuracy:
+            out.print(f"  {_e(r.run.name)}: time_accuracy {r.accuracy.time_accuracy:.2f} "
+                      f"(estimated {r.accuracy.estimated_s:,.0f} s, actual {r.accuracy.actual_s:,.0f} s, {r.accuracy.source})")
+    for i, s in enumerate(rep.next_steps, 1):
+        out.print(f"  next {i}. {_e(s)}")
+    path = write_report(rep, sort, desc)
+    out.print(f"wrote {path}" + (f" and {len(rep.plots)} plot(s) in {rep.dir / 'plots'}" if rep.plots else ""))
+    for p in rep.written_back:
+        out.print(f"recorded time accuracy in {p}")
+
+
+# --- watch ---------------------------------------------------------------------------------------------
+
+def _watch_target(target: str, runs_dir: Path) -> Path:
+    for cand in (Path(target), runs_dir / target):
+        if cand.is_dir():
+            return cand
+    raise UserError(f"no run or experiment directory {target!r}",
+                    hint=f"pass runs/<experiment>/<run>, runs/<experiment>, or a name under {runs_dir}/")
+
+
+@app.command()
+def watch(
+    target: str = typer.Argument(..., help="a run directory, an experiment directory, or <experiment>[/<run>]"),
+    once: bool = typer.Option(False, "--once", help="print one snapshot and exit"),
+    interval: float = typer.Option(30.0, "--interval", min=0.05, help="seconds between looks"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+):
+    """Follow a run from its files: progress, time window, and flags (OOM, NaN, killed, plateau, slow, leak)."""
+    from specc.lifecycle.watch import STOP, describe, follow, run_dirs, snapshot
+
+    try:
+        path = _watch_target(target, runs_dir)
+    except UserError as exc:
+        fail(exc)
+    if once:
+        snaps = [snapshot(d) for d in run_dirs(path)]
+        if not snaps:
+            out.print(f"{_e(path)}: no run has started yet (no config.json)")
+        for s in snaps:
+            for line in describe(s):
+                out.print(_e(line))
+        raise typer.Exit(EXIT_FAILED if any(s.advice == STOP for s in snaps) else 0)
+    try:
+        snaps = follow(path, interval=interval, emit=lambda line: out.print(_e(line)))
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+    out.print("all runs ended: " + ", ".join(f"{s.name} {s.status}" for s in snaps))
+
+
+# --- diff ----------------------------------------------------------------------------------------------
+
+@app.command()
+def diff(
+    specs: Optional[List[Path]] = typer.Argument(None, help="OLD.yaml NEW.yaml, or with --git the specs to compare"),
+    git: Optional[str] = typer.Option(None, "--git", help="compare the working tree's specs with this revision"),
+    markdown: bool = typer.Option(False, "--markdown", help="Markdown (for a pull-request comment)"),
+):
+    """Semantic diff of specs: resolved fields changed, runs added/removed, effect on time and GPU-hours."""
+    from specc.lifecycle.specdiff import changed_specs, diff_files, diff_git, render
+
+    try:
+        if git:
+            targets = list(specs or []) or changed_specs(git)
+            diffs = [diff_git(git, s) for s in targets]
+            if markdown:
+                sys.stdout.write("## specc diff against " + git + "\n\n")
+            if not diffs:
+                sys.stdout.write(f"no spec changed since {git}\n")
+        else:
+            if not specs or len(specs) != 2:
+                raise UserError("give two specs (OLD.yaml NEW.yaml), or --git REV [SPEC...]")
+            diffs = [diff_files(specs[0], specs[1])]
+    except UserError as exc:
+        fail(exc)
+    for d in diffs:
+        sys.stdout.write(render(d, markdown) + ("\n" if markdown else ""))

@@ -1,0 +1,171 @@
+"""Judge a hypothesis' expected outcomes against what a run measured: CONFIRMED, REJECTED or INCONCLUSIVE.
+
+An expectation {metric, comparator, target, tolerance, relative, vs_baseline} reads:
+
+- the measured value is the run's metric, or with vs_baseline the ratio run / baseline run;
+- tolerance is slack in the lenient direction, absolute, or a fraction of |target| when relative;
+- `<` and `>` are strict at the (slackened) bound, `<=`, `>=`, `==` and `within` include it:
+
+      <       value <  target + tol          >       value >  target - tol
+      <=      value <= target + tol          >=      value >= target - tol
+      ==, within   |value - target| <= tol
+
+INCONCLUSIVE when the evidence is missing rather than against: the metric (or the baseline's) is
+absent, the run did not complete, it stopped before any evaluation (validation metrics), or it ran
+too few steps to say anything.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+CONFIRMED, REJECTED, INCONCLUSIVE = "CONFIRMED", "REJECTED", "INCONCLUSIVE"
+FINISHED = ("completed", "early_stopped")
+MIN_STEP_SHARE = 0.1          # an early-stopped run that did under 10% of its steps says too little
+SYMBOL = {"<": "<", "<=": "≤", ">": ">", ">=": "≥", "==": "=", "within": "within"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    metric: str
+    comparator: str
+    target: float
+    tolerance: float
+    relative: bool
+    vs_baseline: bool
+    verdict: str
+    value: float | None = None          # what was compared: the metric, or the ratio to the baseline
+    measured: float | None = None       # the run's own value
+    baseline: float | None = None       # the baseline's value (vs_baseline)
+    reason: str = ""
+
+    @property
+    def expectation(self) -> str:
+        tol = ""
+        if self.tolerance:
+            tol = f" ± {self.tolerance:.0%}" if self.relative else f" ± {self.tolerance:g}"
+        base = " × baseline" if self.vs_baseline else ""
+        return f"{self.metric} {SYMBOL.get(self.comparator, self.comparator)} {self.target:g}{base}{tol}"
+
+
+def slack(target: float, tolerance: float, relative: bool) -> float:
+    return tolerance * abs(target) if relative else tolerance
+
+
+def compare(value: float, comparator: str, target: float, tolerance: float = 0.0, relative: bool = False) -> bool:
+    """Does `value` meet the expectation? (The rule in the module docstring.)"""
+    tol = slack(target, tolerance, relative)
+    if comparator == "<":
+        return value < target + tol
+    if comparator == "<=":
+        return value <= target + tol
+    if comparator == ">":
+        return value > target - tol
+    if comparator == ">=":
+        return value >= target - tol
+    if comparator in ("==", "within"):
+        return abs(value - target) <= tol
+    raise ValueError(f"unknown comparator {comparator!r}")
+
+
+VAL_METRICS = ("val_loss", "best_val_loss")
+
+
+def metric_value(summary: dict | None, metric: str, records: list[dict] | None = None) -> float | None:
+    """A metric of a finished run: the named ones, or any (dotted) numeric key of summary.json."""
+    if not summary:
+        return None
+    derived = {
+        "wall_hours": (summary.get("wall_s") or None) and summary["wall_s"] / 3600,
+        "peak_mem_gb": (summary.get("peak_mem_mb") or None) and summary["peak_mem_mb"] / 1024,
+    }
+    if metric in derived:
+        return _num(derived[metric])
+    if metric == "val_loss" and summary.get("val_loss") is None and records:
+        vals = [r["val_loss"] for r in records if isinstance(r.get("val_loss"), (int, float))]
+        return _num(vals[-1]) if vals else None
+    value = summary
+    for part in metric.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return _num(value)
+
+
+def _num(v) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v) if math.isfinite(v) else None
+
+
+def _why_not_evaluable(summary: dict | None, metric: str) -> str | None:
+    if summary is None:
+        return "the run has no summary.json (still running, or killed before it finished)"
+    status = summary.get("status")
+    if status not in FINISHED:
+        reason = summary.get("stop_reason")
+        return f"the run did not complete (status {status})" + (f": {reason}" if reason else "")
+    steps, total = summary.get("steps") or 0, summary.get("total_steps") or 0
+    if summary.get("kind") != "control":
+        if steps == 0:
+            return "the run did no training step"
+        if status == "early_stopped" and total and steps < MIN_STEP_SHARE * total:
+            return f"too few steps to judge: early-stopped at {steps} of {total}"
+        if metric in VAL_METRICS and status == "early_stopped" and not summary.get("best_step"):
+            return "early-stopped before any evaluation after training started"
+    return None
+
+
+def judge(expected: dict, summary: dict | None, records: list[dict] | None = None,
+          baseline_summary: dict | None = None, baseline_records: list[dict] | None = None,
+          baseline_name: str | None = None) -> Verdict:
+    """One expectation (a dict like config.json's hypothesis.expected items) against one run."""
+    e = dict(metric=expected["metric"], comparator=expected["comparator"], target=float(expected["target"]),
+             tolerance=float(expected.get("tolerance") or 0.0), relative=bool(expected.get("relative")),
+             vs_baseline=bool(expected.get("vs_baseline")))
+    why = _why_not_evaluable(summary, e["metric"])
+    if why:
+        return Verdict(**e, verdict=INCONCLUSIVE, reason=why)
+    measured = metric_value(summary, e["metric"], records)
+    if measured is None:
+        return Verdict(**e, verdict=INCONCLUSIVE, reason=f"metric {e['metric']!r} is not in the run's summary or metrics")
+    value, base = measured, None
+    if e["vs_baseline"]:
+        if baseline_summary is None:
+            return Verdict(**e, verdict=INCONCLUSIVE, measured=measured,
+                           reason=f"no finished baseline run ({baseline_name or 'no baseline named'}) to compare with")
+        why = _why_not_evaluable(baseline_summary, e["metric"])
+        if why:
+            return Verdict(**e, verdict=INCONCLUSIVE, measured=measured, reason=f"baseline: {why}")
+        base = metric_value(baseline_summary, e["metric"], baseline_records)
+        if base is None:
+            return Verdict(**e, verdict=INCONCLUSIVE, measured=measured,
+                           reason=f"the baseline has no {e['metric']!r}")
+        if base == 0:
+            return Verdict(**e, verdict=INCONCLUSIVE, measured=measured, baseline=base,
+                           reason="the baseline's value is 0: no ratio")
+        value = measured / base
+    ok = compare(value, e["comparator"], e["target"], e["tolerance"], e["relative"])
+    tol = slack(e["target"], e["tolerance"], e["relative"])
+    what = f"ratio {value:.4g}" if e["vs_baseline"] else f"{value:.4g}"
+    bound = _bound_text(e["comparator"], e["target"], tol)
+    return Verdict(**e, verdict=CONFIRMED if ok else REJECTED, value=value, measured=measured, baseline=base,
+                   reason=f"{what} {'meets' if ok else 'misses'} {bound}")
+
+
+def _bound_text(comparator: str, target: float, tol: float) -> str:
+    if comparator in ("==", "within"):
+        return f"[{target - tol:.4g}, {target + tol:.4g}]"
+    if comparator in ("<", "<="):
+        return f"{SYMBOL[comparator]} {target + tol:.4g}"
+    return f"{SYMBOL[comparator]} {target - tol:.4g}"
+
+
+def overall(verdicts: list[Verdict]) -> str:
+    """An experiment's hypothesis: REJECTED if any expectation is, CONFIRMED if all are, else INCONCLUSIVE."""
+    if not verdicts:
+        return INCONCLUSIVE
+    kinds = {v.verdict for v in verdicts}
+    if REJECTED in kinds:
+        return REJECTED
+    return CONFIRMED if kinds == {CONFIRMED} else INCONCLUSIVE
