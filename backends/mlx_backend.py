@@ -4,12 +4,15 @@ What it does, and the MLX facts behind it:
 
 - Loading: `mlx_lm.utils.load_model` on a local HF-format directory (config.json + model*.safetensors);
   nothing is downloaded. transformers>=5 writes RoPE settings as `rope_parameters`, which mlx-lm's
-  llama/qwen2 loaders do not read (they would silently fall back to theta=10000); we translate it
+  llama/qwen2/qwen3 loaders (0.32) do not read (they would silently fall back to theta=10000); we translate it
   to `rope_theta`/`rope_scaling` before building the model.
-- Quantization "nf4" means QLoRA, but MLX has no NF4: the frozen base Linear layers of the transformer
-  blocks are quantized with MLX's *affine* 4-bit format (`mlx.nn.quantize`, bits=4, group_size=64,
-  a float scale and bias per group of 64 weights). Embeddings and the LM head stay in `dtype`, as with
-  bitsandbytes QLoRA. Losses are close to, but not bit-identical with, the torch NF4 backend.
+- Quantization "nf4" means QLoRA, but MLX has no NF4: the frozen base is quantized with MLX's *affine*
+  4-bit format (bits=4, group_size=64: a float scale and bias per group of 64 weights) through
+  `mlx_lm.utils.quantize_model`, i.e. exactly what `mlx_lm.convert -q --q-bits 4 --q-group-size 64`
+  produces (every Linear and Embedding whose input dim divides by 64, lm_head/embeddings included,
+  unlike bitsandbytes which keeps those unquantized). An exported adapter therefore reproduces the
+  training model on such a converted base; on the full-precision base it is the usual QLoRA transfer.
+  Losses are close to, but not the same as, the torch NF4 backend's.
 - LoRA: `mlx_lm.tuner.utils.linear_to_lora_layers`. mlx-lm's LoRA computes
   `y = W x + scale * (dropout(x) @ lora_a) @ lora_b`, so scale = alpha / rank gives PEFT's scaling.
   lora_a is [in, r] (uniform +-1/sqrt(in), like PEFT's kaiming init of A), lora_b is [r, out] (zeros);
@@ -29,6 +32,12 @@ What it does, and the MLX facts behind it:
   On the GPU the forward/backward and the update are `mx.compile`d; on the CPU they are not, because
   MLX's CPU compile JIT-builds C++ kernels (~25 s per new batch shape here) and was slower per step
   for small models. SPECC_MLX_COMPILE=1/0 forces it either way.
+- Throughput (uncompiled path): masked attention costs T x T per row however the segments fall, so
+  each batch is re-laid out first (`relayout`): padding rows/columns dropped and, when the modelled
+  cost drops by >10%, the documents re-packed first-fit-decreasing into shorter rows. That is exact
+  (block-diagonal attention + relative RoPE) and deterministic. Only target positions go through the
+  LM head. On Linux, note that the mlx[cpu] wheel links the reference (netlib) BLAS: its sgemm runs
+  ~10x slower than numpy's OpenBLAS on the same machine, and mlx-lm pays the same price.
 - Checkpoints: MLX is lazy, so everything is `mx.eval`ed before it is converted to numpy; only arrays
   are saved. bfloat16 values are widened to float32 (exact) and narrowed back on load (exact).
 - Export: `adapters.safetensors` + `adapter_config.json`, exactly what `mlx_lm lora` writes, so
@@ -36,6 +45,8 @@ What it does, and the MLX facts behind it:
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -163,7 +174,7 @@ class MLXBackend:
         import mlx.optimizers as optimizers
         from mlx.utils import tree_flatten
         from mlx_lm.tuner.utils import linear_to_lora_layers
-        from mlx_lm.utils import get_total_parameters, load_model
+        from mlx_lm.utils import get_total_parameters, load_model, quantize_model
 
         path = Path(model.path).expanduser()
         check_model_dir(path)
@@ -210,31 +221,31 @@ class MLXBackend:
                             where="model.dtype")
         net.set_dtype(dtype)
 
-        # Quantization (QLoRA): affine 4-bit on the blocks' Linear layers.
+        # Quantization (QLoRA): MLX affine 4-bit, group 64, exactly as mlx_lm.convert -q.
         already_quantized = "quantization" in config
         quant: dict[str, Any] = {"requested": model.quantization}
         if model.quantization == "nf4":
             if already_quantized:
                 quant.update(method="pre-quantized checkpoint", **config["quantization"])
             else:
-                skipped: list[str] = []
-
-                def predicate(p: str, m) -> bool:
-                    if not (isinstance(m, nn.Linear) and ".layers." in f".{p}"):
-                        return False
-                    if m.weight.shape[-1] % QUANT_GROUP_SIZE:
-                        skipped.append(p)
-                        return False
-                    return True
-
-                nn.quantize(net, group_size=QUANT_GROUP_SIZE, bits=QUANT_BITS, mode=QUANT_MODE,
-                            class_predicate=predicate)
-                n_quant = sum(isinstance(m, nn.QuantizedLinear) for _, m in net.named_modules())
+                # mlx-lm's own QLoRA recipe (what `mlx_lm.convert -q --q-bits 4 --q-group-size 64`
+                # does): every Linear/Embedding whose input dim divides by the group size, lm_head and
+                # (tied) embeddings included, so an exported adapter sits on exactly that base.
+                skipped = [p for p, m in net.named_modules()
+                           if hasattr(m, "to_quantized") and m.weight.shape[-1] % QUANT_GROUP_SIZE]
+                with contextlib.redirect_stdout(io.StringIO()):  # it prints bits-per-weight
+                    net, _ = quantize_model(net, config, group_size=QUANT_GROUP_SIZE, bits=QUANT_BITS,
+                                            mode=QUANT_MODE)
+                n_quant = sum(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+                              for _, m in net.named_modules())
                 quant.update(
                     method=f"mlx {QUANT_MODE} {QUANT_BITS}-bit (per-group scale and bias), not NF4",
                     bits=QUANT_BITS, group_size=QUANT_GROUP_SIZE, mode=QUANT_MODE,
                     quantized_modules=n_quant, skipped_modules=skipped,
-                    scope="Linear layers of the transformer blocks; embeddings and lm_head unquantized",
+                    scope="as mlx_lm.convert -q: all Linear and Embedding layers (lm_head and embeddings "
+                          "included) whose input dim divides by the group size",
+                    reproduce=f"mlx_lm.convert --hf-path <base> -q --q-bits {QUANT_BITS} "
+                              f"--q-group-size {QUANT_GROUP_SIZE}",
                 )
         elif model.quantization == "none":
             if already_quantized:
@@ -320,6 +331,9 @@ class MLXBackend:
                      "dropout": lora.dropout, "keys": keys, "num_layers": num_layers, "blocks": n_blocks},
             "attention": "causal and block-diagonal over segment_ids (explicit bool mask); "
                          "RoPE positions continue across packed documents (relative, same logits)",
+            "batch_layout": ("as given (compiled: fixed shapes)" if self.compile else
+                             "re-laid out per batch: padding dropped, documents re-packed into shorter "
+                             "rows when cheaper; LM head on target positions only"),
             "gradient_checkpointing": self.grad_checkpoint,
             "compiled": self.compile,
         }

@@ -157,6 +157,8 @@ class TorchBackend:
         else:
             raise UserError(f"unknown quantization {model.quantization!r}", hint="use 'nf4' or 'none'")
 
+        # The per-tensor "Loading weights" bar would land in every run log and SLURM log.
+        transformers.utils.logging.disable_progress_bar()
         base = None
         for attn in ("sdpa", "eager"):
             try:

@@ -17,44 +17,28 @@ from typing import Callable
 DATA_VERSION = 1
 SPLITS = ("train", "valid", "test")
 
-_COMMON_WORDS = """
-the of and to in is it you that he was for on are with as his they be at one have this from or had
-by word but what some we can out other were all there when up use your how said an each she which do
-their time if will way about many then them write would like so these her long make thing see him two
-has look more day could go come did number sound no most people my over know water than call first who
-may down side been now find any new work part take get place made live where after back little only
-round man year came show every good me give our under name very through just form sentence great think
-say help low line differ turn cause much mean before move right boy old too same tell does set three
-want air well also play small end put home read hand port large spell add even land here must big high
-such follow act why ask men change went light kind off need house picture try us again animal point
-mother world near build self earth father head stand own page should country found answer school grow
-study still learn plant cover food sun four between state keep eye never last let thought city tree
-cross farm hard start might story saw far sea draw left late run while press close night real life few
-north open seem together next white children begin got walk example ease paper group always music those
-both mark often letter until mile river car feet care second book carry took science eat room friend
+# A closed vocabulary: the builtin tokenizer learns every casing of these as single tokens, which is
+# what lets a tiny model learn the task quickly (see docs/quickstart-model.md).
+WORDS = """
+apple bird black blue boat book box bread bright brown cake calm car cat chair city clean clock cloud
+cold cup dark day deep desk dog door dream dry early earth east egg fast field fire fish flower fog
+forest fox fresh friend garden girl glass gold green happy hat hill home horse house ice king lake
+lamp leaf light lion long love map milk moon morning mother mountain music night north old orange
+paper park pen pink plant queen quick quiet rain red river road rock round salt sand sea ship shoe
+silver sky slow small snow soft song south star stone storm street summer sun sweet table tall tea
+tiger tower town train tree violet warm water west white wind window winter wolf wood yellow young
 """.split()
-_ONSETS = "b c d f g h j k l m n p r s t v w z br ch cl dr fl gr pl sh st th tr".split()
-_NUCLEI = "a e i o u ai ea ee oo ou".split()
-_CODAS = ["", "", "", "n", "r", "s", "t", "ck", "ld", "m", "nd", "st"]
-
-
-def random_word(rng: random.Random) -> str:
-    """A lowercase word: a common English word or a pronounceable made-up one."""
-    if rng.random() < 0.6:
-        return rng.choice(_COMMON_WORDS)
-    syllables = rng.randint(1, 3)
-    return "".join(rng.choice(_ONSETS) + rng.choice(_NUCLEI) for _ in range(syllables)) + rng.choice(_CODAS)
 
 
 def random_phrase(rng: random.Random, min_words: int = 1, max_words: int = 6) -> list[str]:
-    """A list of random lowercase words."""
-    return [random_word(rng) for _ in range(rng.randint(min_words, max_words))]
+    """A list of random lowercase words from WORDS."""
+    return [rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))]
 
 
 def capitalization_example(rng: random.Random) -> dict[str, str]:
     """One quickstart example: capitalize the first letter of every word."""
     words = random_phrase(rng)
-    return {"prompt": f"Capitalize: {' '.join(words)}\n", "completion": " ".join(w.capitalize() for w in words)}
+    return {"prompt": f"Capitalize:\n{' '.join(words)}\n", "completion": " ".join(w.capitalize() for w in words)}
 
 
 @dataclass(frozen=True)
@@ -67,7 +51,7 @@ class BuiltinDataset:
 
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
     "capitalization": BuiltinDataset(
-        description="Capitalize the first letter of every word (1-6 words, common and made-up).",
+        description="Capitalize the first letter of every word (1-6 common English words).",
         format="prompt_completion",
         make_example=capitalization_example,
         sizes={"train": 2000, "valid": 200, "test": 200},

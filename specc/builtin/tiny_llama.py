@@ -1,8 +1,8 @@
 """The offline quickstart base model: a tiny Llama built and briefly pretrained locally, then cached.
 
-Nothing is downloaded. The tokenizer is byte-level (one token per UTF-8 byte plus a few special
-tokens); the model is pretrained on a generated corpus of word-transformation tasks that are NOT the
-quickstart task, so LoRA has a real but learnable job. See docs/quickstart-model.md.
+Nothing is downloaded. A small byte-level BPE tokenizer is trained on a generated corpus, and the
+model is pretrained on word tasks that are NOT the quickstart task (capitalization), so LoRA has a
+real but learnable job. See docs/quickstart-model.md.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from specc.builtin.datasets import random_phrase, random_word
+from specc.builtin.datasets import random_phrase
 
 # Bump whenever the recipe below changes: the cache directory name carries it.
 MODEL_VERSION = 1
@@ -27,6 +27,7 @@ CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+VOCAB_SIZE = 1024  # an upper bound: BPE stops once every word form of the corpus is one token
 ARCHITECTURE = dict(
     hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True, rope_theta=10000.0,
@@ -39,58 +40,58 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("SPECC_CACHE") or Path.home() / ".cache" / "specc") / "builtin"
 
 
-def build_tokenizer():
-    """A byte-level tokenizer (262 tokens) with bos/eos/pad, role tokens and a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    byte_chars = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + byte_chars)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))  # no merges: every byte is one token
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B:1", special_tokens=[(BOS, vocab[BOS])])
-    tok.add_special_tokens(SPECIAL_TOKENS)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-        chat_template=CHAT_TEMPLATE, model_max_length=ARCHITECTURE["max_position_embeddings"])
-
-
 def _sentence(rng: random.Random) -> str:
     words = [w.capitalize() if rng.random() < 0.15 else w for w in random_phrase(rng, 3, 8)]
     words[0] = words[0].capitalize()
     return " ".join(words) + rng.choice(".?!")
 
 
-def _mixed_case(rng: random.Random, words: list[str]) -> list[str]:
-    return [rng.choice([w, w.upper(), w.capitalize(), w.swapcase()]) for w in words]
-
-
-# Word tasks in the quickstart's prompt/completion surface form; capitalization is deliberately absent.
-# Mostly copy-like tasks: copying is what a byte-level model must learn first (an induction circuit).
+# Word tasks in the quickstart's "Task:\nsource\n" + "target" form; capitalization is deliberately
+# absent. Copying dominates because it is what the model must learn first (an induction circuit).
 _TASKS = {
     "Repeat": lambda rng, w: (w, w),
-    "Uppercase": lambda rng, w: (w, [x.upper() for x in w]),
-    "Lowercase": lambda rng, w: ((m := _mixed_case(rng, w)), [x.lower() for x in m]),
+    "Lowercase": lambda rng, w: ((m := [rng.choice([x, x.capitalize()]) for x in w]), [x.lower() for x in m]),
     "First word": lambda rng, w: (w, w[:1]),
     "Last word": lambda rng, w: (w, w[-1:]),
 }
-_TASK_WEIGHTS = {"Repeat": 3, "Uppercase": 2, "Lowercase": 2, "First word": 1, "Last word": 1}
+_TASK_WEIGHTS = {"Repeat": 4, "Lowercase": 3, "First word": 1, "Last word": 1}
 
 
-def pretraining_document(rng: random.Random, tokenizer) -> str:
-    """One document of the general pretraining corpus (text without bos; eos appended)."""
-    kind = rng.random()
-    if kind < 0.1:
-        return _sentence(rng) + EOS
+def pretraining_example(rng: random.Random) -> tuple[str, str]:
+    """One (prompt, answer) pair of the general pretraining corpus; a plain sentence has no prompt."""
+    if rng.random() < 0.15:
+        return "", _sentence(rng)
     name = rng.choices(list(_TASK_WEIGHTS), weights=list(_TASK_WEIGHTS.values()))[0]
     source, target = _TASKS[name](rng, random_phrase(rng))
-    prompt, answer = f"{name}: {' '.join(source)}", " ".join(target)
-    if kind < 0.25:  # chat form, so the role tokens and the template are not untrained
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-        return tokenizer.apply_chat_template(messages, tokenize=False).removeprefix(BOS)
-    return f"{prompt}\n{answer}{EOS}"
+    return f"{name}:\n{' '.join(source)}\n", " ".join(target)
+
+
+def build_tokenizer(seed: int = 0):
+    """Train a byte-level BPE on the generated corpus: every word form becomes one token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    rng = random.Random(seed)
+    corpus = ["".join(pretraining_example(rng)) for _ in range(20000)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # all 256 bytes: any text encodes
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B:1", special_tokens=[(BOS, tok.token_to_id(BOS))])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+        chat_template=CHAT_TEMPLATE, model_max_length=ARCHITECTURE["max_position_embeddings"])
+
+
+def _document_ids(rng: random.Random, tokenizer) -> list[int]:
+    prompt, answer = pretraining_example(rng)
+    if prompt and rng.random() < 0.2:  # chat form too, so role tokens and the template are trained
+        messages = [{"role": "user", "content": prompt.rstrip("\n")}, {"role": "assistant", "content": answer}]
+        return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+    return tokenizer(prompt + answer + EOS)["input_ids"]
 
 
 def _packed_batches(tokenizer, rng: random.Random, batch_size: int, seq_len: int):
@@ -100,7 +101,7 @@ def _packed_batches(tokenizer, rng: random.Random, batch_size: int, seq_len: int
     buf: list[int] = []
     while True:
         while len(buf) < batch_size * seq_len:
-            buf += tokenizer(pretraining_document(rng, tokenizer))["input_ids"]
+            buf += _document_ids(rng, tokenizer)
         rows, buf = buf[:batch_size * seq_len], buf[batch_size * seq_len:]
         yield torch.tensor(rows).view(batch_size, seq_len)
 
@@ -133,7 +134,7 @@ def build_model(out_dir: Path, log=None) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(PRETRAIN["seed"])
     config = LlamaConfig(
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, **ARCHITECTURE)

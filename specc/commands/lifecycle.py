@@ -232,8 +232,12 @@ def plan(
                       fmt_duration(e.total_s) if e.total_s else "—",
                       f"{gpu_hours(e.total_s, run.resources.gpus):.2f}" if e.total_s and run.resources.gpus else "—")
         out.print(t)
-    out.print(f"[bold]Total[/]: {total_h:.2f} h of jobs" + (f", {total_gpu_h:.1f} GPU-hours" if total_gpu_h else "")
-              + (" (estimated runs only)" if any(estimates[r.name].total_s is None for r in p.runs if r.kind == "train") else ""))
+    if total_h:
+        out.print(f"[bold]Total[/]: {total_h:.2f} h of jobs" + (f", {total_gpu_h:.1f} GPU-hours" if total_gpu_h else "")
+                  + (" (estimated runs only)" if any(estimates[r.name].total_s is None for r in p.runs
+                                                     if r.kind == "train") else ""))
+    else:
+        out.print("[bold]Total[/]: not estimated (run `specc calibrate` on the target hardware)")
     for w in p.warnings:
         out.print(f"[yellow]warning[/]: {_e(w)}")
 

@@ -141,6 +141,18 @@ def _device_text(backend, describe: dict) -> str:
     return f"{platform.machine()} CPU × {os.cpu_count()} cores ({backend.name})"
 
 
+def _threads(backend: str) -> int | None:
+    """Intra-op threads: a run must use as many as its calibration did (OMP_NUM_THREADS)."""
+    if backend == "torch":
+        try:
+            import torch
+
+            return int(torch.get_num_threads())
+        except Exception:
+            return None
+    return None
+
+
 def calibration_config(run_config: dict, out_dir: Path, steps: int) -> dict:
     """The run's config cut to `steps` steps: evaluation and a checkpoint only at the end, no early stop."""
     raw = json.loads(json.dumps(run_config))
@@ -248,7 +260,7 @@ def calibrate_run(run, *, steps: int = 20, warmup: int = 3, backend_name: str | 
             "backend": name, "backend_reason": reason, "device": describe.get("device"), "device_text": device_text,
             "params_total": describe.get("params_total"), "specc_version": __version__, "steps": steps,
             "warmup_steps": warmup, "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-            "from_run": f"{run.experiment}/{run.name}",
+            "from_run": f"{run.experiment}/{run.name}", "threads": _threads(name),
         },
         "throughput": {"tokens_per_s": tokens_per_s, "step_s": step_s,
                        "step_s_stdev": statistics.pstdev(step_times) if len(step_times) > 1 else 0.0,

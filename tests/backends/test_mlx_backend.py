@@ -46,11 +46,13 @@ def mlx_tiny_tied_dir(tmp_path_factory) -> Path:
 
 
 def make_backend(path, *, quantization="none", dropout=0.0, rank=4, alpha=8.0, seed=0, layers=None,
-                 targets=("q_proj", "v_proj"), weight_decay=0.0, grad_clip=1.0, dtype="auto"):
+                 targets=("q_proj", "v_proj"), weight_decay=0.0, grad_clip=1.0, dtype="auto",
+                 gradient_checkpointing=False, device="auto"):
     from backends.mlx_backend import MLXBackend
 
     b = MLXBackend()
-    b.setup(ModelSettings(path=Path(path), quantization=quantization, dtype=dtype),
+    b.setup(ModelSettings(path=Path(path), quantization=quantization, dtype=dtype, device=device,
+                          gradient_checkpointing=gradient_checkpointing),
             LoraSettings(rank=rank, alpha=alpha, dropout=dropout, target_modules=tuple(targets), layers=layers),
             OptimizerSettings(weight_decay=weight_decay, grad_clip=grad_clip), seed)
     return b
@@ -152,6 +154,14 @@ def test_unknown_target_module(mlx_tiny_dir):
     assert "c_attn" in str(err.value) and "self_attn.q_proj" in str(err.value)
 
 
+def test_gpu_requested_without_gpu(mlx_tiny_dir):
+    if mx.is_available(mx.gpu):
+        pytest.skip("this machine has an MLX GPU")
+    with pytest.raises(UserError) as err:
+        make_backend(mlx_tiny_dir, device="gpu")
+    assert "gpu" in str(err.value).lower()
+
+
 # ---------------------------------------------------------------- setup facts
 def test_lora_layout_scale_and_mapping(mlx_tiny_dir):
     from mlx_lm.tuner.lora import LoRALinear
@@ -192,11 +202,12 @@ def test_nf4_is_mlx_affine_4bit(mlx_tiny_dir):
     b = make_backend(mlx_tiny_dir, quantization="nf4")
     q = b.describe()["quantization"]
     assert q["bits"] == 4 and q["group_size"] == 64 and q["mode"] == "affine" and "not NF4" in q["method"]
-    assert q["quantized_modules"] == 2 * 7 and q["skipped_modules"] == []
+    assert q["quantized_modules"] == 2 * 7 + 2 and q["skipped_modules"] == []  # + embed_tokens, lm_head
     attn = b.model.model.layers[0].self_attn
     assert isinstance(attn.q_proj.linear, nn.QuantizedLinear)  # LoRA wraps the quantized base
     assert isinstance(attn.k_proj, nn.QuantizedLinear)
-    assert isinstance(b.model.lm_head, nn.Linear) and not isinstance(b.model.lm_head, nn.QuantizedLinear)
+    assert isinstance(b.model.lm_head, nn.QuantizedLinear)
+    assert isinstance(b.model.model.embed_tokens, nn.QuantizedEmbedding)
     # the frozen quantized base is not trainable
     assert b.describe()["params_trainable"] == 2 * (4 * (64 + 64) + 4 * (64 + 32))
 
@@ -314,6 +325,18 @@ def _flat(tree):
     from mlx.utils import tree_flatten
 
     return dict(tree_flatten(tree))
+
+
+def test_gradient_checkpointing_changes_nothing(mlx_tiny_dir):
+    batch = batches(9, 1)[0]
+    out = []
+    for gc in (False, True):
+        b = make_backend(mlx_tiny_dir, gradient_checkpointing=gc, targets=("q_proj", "v_proj", "gate_proj"))
+        loss, _ = b.forward_backward(batch, 1.0 / batch.n_target_tokens)
+        out.append((loss, {k: np.array(v) for k, v in _flat(b._grads).items()}))
+    assert math.isclose(out[0][0], out[1][0], rel_tol=1e-6)
+    for k in out[0][1]:
+        np.testing.assert_allclose(out[1][1][k], out[0][1][k], rtol=1e-5, atol=1e-8)
 
 
 def test_adamw_matches_torch_semantics(mlx_tiny_dir):
@@ -471,6 +494,23 @@ def test_export_loads_in_mlx_lm(tmp_path, mlx_tiny_dir, mlx_tiny_tied_dir, tied)
     np.testing.assert_allclose(theirs, ours, atol=1e-5, rtol=0)
     base = np.array(load(str(path))[0](ids))
     assert np.abs(base - ours).max() > 1e-3  # the adapter actually changed something
+
+
+def test_nf4_export_matches_mlx_lm_quantized_base(tmp_path, mlx_tiny_tied_dir):
+    """The QLoRA training model == mlx-lm's own 4-bit/group-64 quantized base + the exported adapter."""
+    from mlx_lm.tuner.utils import load_adapters
+    from mlx_lm.utils import load_model, quantize_model
+
+    b = make_backend(mlx_tiny_tied_dir, quantization="nf4", targets=("q_proj", "v_proj", "up_proj"))
+    train(b, batches(15, 2), lr=5e-2)
+    b.export_adapter(tmp_path / "qadapter")
+    model, config = load_model(mlx_tiny_tied_dir)
+    model, _ = quantize_model(model, config, group_size=64, bits=4, mode="affine")
+    load_adapters(model, str(tmp_path / "qadapter"))
+    model.eval()
+    b.model.eval()
+    ids = mx.array(np.random.default_rng(1).integers(4, VOCAB, (1, 12)).astype(np.int32))
+    np.testing.assert_allclose(np.array(model(ids)), np.array(b.model(ids)), atol=1e-5, rtol=0)
 
 
 # ---------------------------------------------------------------- cross-backend

@@ -79,7 +79,11 @@ def _call(call: dict) -> int:
 
 def serve(preload: list[str]) -> None:
     for name in preload:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name.lstrip("?"))
+        except Exception:
+            if not name.startswith("?"):
+                raise
     reply = sys.stdout
     reply.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
     reply.flush()

@@ -152,7 +152,10 @@ class Proc:
             if self.poll() is not None:
                 return rx.search(self.stderr)
             time.sleep(0.02)
-        raise AssertionError(f"no {pattern!r} in the output of pid {self.pid} after {timeout:.0f}s")
+        self.kill()
+        self._wait(60)
+        raise AssertionError(f"no {pattern!r} in the output of pid {self.pid} after {timeout:.0f}s; "
+                             f"stderr tail:\n{self.stderr[-3000:]}")
 
 
 class ForkServer:
@@ -163,6 +166,7 @@ class ForkServer:
         self.proc = subprocess.Popen([sys.executable, str(HERE / "_zygote.py"), *preload], cwd=str(REPO), env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
         self._buf = b""
+        self.current: Proc | None = None
         ready = self._line(RUN_TIMEOUT)
         if ready is None or not ready.get("ready"):
             raise RuntimeError(f"the fork server did not start (see {log})")
@@ -171,8 +175,7 @@ class ForkServer:
         deadline = time.monotonic() + timeout
         fd = self.proc.stdout.fileno()
         while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left < 0 or not select.select([fd], [], [], max(left, 0))[0]:
+            if not select.select([fd], [], [], max(deadline - time.monotonic(), 0.0))[0]:
                 return None
             chunk = os.read(fd, 65536)
             if not chunk:
@@ -182,6 +185,9 @@ class ForkServer:
         return json.loads(line)
 
     def start(self, req: dict) -> Proc:
+        if self.current is not None and self.current.poll() is None:   # a test gave up on it: end it, stay in step
+            self.current.kill()
+            self.current.wait(60)
         self.proc.stdin.write((json.dumps(req) + "\n").encode())
         self.proc.stdin.flush()
         pid = self._line(60)["pid"]
@@ -193,9 +199,12 @@ class ForkServer:
             assert msg["pid"] == pid, msg
             return msg["rc"]
 
-        return Proc(pid, Path(req["stdout"]), Path(req["stderr"]), wait)
+        self.current = Proc(pid, Path(req["stdout"]), Path(req["stderr"]), wait)
+        return self.current
 
     def close(self) -> None:
+        if self.current is not None and self.current.poll() is None:
+            self.current.kill()
         self.proc.stdin.close()   # the server's loop ends; its interpreter exit can take seconds: do not wait for it
         try:
             self.proc.wait(1)
@@ -241,13 +250,27 @@ def base_env() -> dict:
     return env
 
 
+# What a fork server imports beyond the registry's module list, so its children start warm. Forking after
+# these imports is safe for both: neither has run any computation (no thread pools, no device state) yet.
+EXTRA_PRELOAD = {
+    "torch": ["peft", "transformers.models.llama.modeling_llama", "transformers.tokenization_utils_fast"],
+    "mlx": ["mlx.core", "mlx.nn", "mlx.optimizers", "mlx.utils", "mlx_lm.utils", "mlx_lm.tuner.utils",
+            "mlx_lm.models.llama"],
+}
+
+
 def _preload(backend: str) -> list[str]:
+    """Modules the fork server imports: all of specc (so every child of a session runs the same code), the
+    backend and its packages. A name prefixed with '?' may fail to import."""
+    import pkgutil
+
+    import specc
+
     info = backends.registry()[backend]
-    mods = ["specc.cli", "specc.commands.run", "specc.engine.loop", "specc.engine.session", "safetensors.numpy",
-            "transformers", "tokenizers", "_faulty", "_inproc", info.target.partition(":")[0]]
-    if backend == "torch":
-        mods += ["torch", "peft", "transformers.models.llama.modeling_llama", "transformers.tokenization_utils_fast"]
-    return mods
+    ours = ["?" + m.name for m in pkgutil.walk_packages(specc.__path__, "specc.")]
+    return ["specc.cli", "specc.commands.run", "specc.engine.loop", "specc.engine.session", *ours,
+            "safetensors.numpy", "transformers", "tokenizers", "_faulty", "_inproc", info.target.partition(":")[0],
+            *[m for m in info.modules if m != "bitsandbytes"], *EXTRA_PRELOAD.get(backend, [])]
 
 
 # --------------------------------------------------------------------------------------- workspace

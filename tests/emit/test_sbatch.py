@@ -23,6 +23,8 @@ from specc.spec.validate import load_spec
 REPO = Path(__file__).resolve().parents[2]
 BASH = shutil.which("bash")
 HOSTILE_EXAMPLES = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Each example of the end-to-end test runs four scripts in a real bash: fewer of them.
+RUN_EXAMPLES = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 CONTROL = ["\n", "\r", "\t", "\x00", "\x1b", "\x7f"]
 # Pieces of strings that would do harm if a shell ever read them unquoted.
@@ -165,7 +167,7 @@ done
 
 
 @pytest.mark.skipif(BASH is None, reason="needs bash")
-@HOSTILE_EXAMPLES
+@RUN_EXAMPLES
 @given(cluster=printable_hostile, partition=printable_hostile, qos=printable_hostile, gpu_type=printable_hostile)
 def test_hostile_names_never_run(cluster, partition, qos, gpu_type):
     """(b) Quotes, $(), backticks, ; and spaces in names never run; (c) #SBATCH reads back exactly what was given."""

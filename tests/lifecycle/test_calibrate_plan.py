@@ -24,12 +24,12 @@ def write_data(path, n, words, seed=0):
                             for _ in range(n)))
 
 
-def spec_for(tmp, model, **over):
+def spec_for(tmp, model_dir, **over):
     write_data(tmp / "train.jsonl", 64, 12)
     write_data(tmp / "valid.jsonl", 16, 12, seed=1)
     spec = {
         "experiment": "tiny", "hypothesis": {"statement": "tiny"},
-        "model": {"path": str(model), "size": "tiny", "quantization": "none", "lora": {"rank": 4}},
+        "model": {"path": str(model_dir), "size": "tiny", "quantization": "none", "lora": {"rank": 4}},
         "data": {"train": "train.jsonl", "valid": "valid.jsonl", "format": "text", "max_length": 32},
         "training": {"max_steps": 12, "batch_size": 4, "grad_accum": 1, "lr": 1e-3, "eval_every": 6,
                      "eval_batches": 2, "checkpoint_every": 6, "schedule": {"kind": "constant"},
@@ -88,4 +88,4 @@ def test_plan_truncation_padding_and_missing_model(in_tmp, tiny_model):
     assert "of the training tokens are cut off" in out and "80% of samples" in out
     spec = spec_for(in_tmp, tiny_model, model={"path": str(tiny_model.parent / "nope")})
     out = cli("plan", str(spec)).output
-    assert "missing" in out and "does not exist" in out and "tiny" in out     # what is there instead
+    assert "missing" in out and "available beside it: tiny" in out     # what is there instead

@@ -95,6 +95,13 @@ def steps_trained(run_dir: Path) -> list[int]:
     return out
 
 
+def summary_of(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def last_step(run_dir: Path) -> int:
     try:
         steps = steps_trained(run_dir)
@@ -111,7 +118,7 @@ def project(slurm_cluster, tmp_path_factory):
     specs = {
         "preempt": spec(root, files, "preempt", steps=PREEMPT_STEPS),
         "basic": spec(root, files, "basic", steps=8, test_steps=6),
-        "sweep": spec(root, files, "sweep", steps=8, test_steps=6,
+        "sweep": spec(root, files, "sweep", steps=8,
                       sweep={"matrix": {"model.lora.rank": [2, 4]}, "name": "r{model.lora.rank}", "max_concurrent": 2}),
         "refused": spec(root, files, "refused", steps=8, test_steps=2),
         "diverge": spec(root, files, "diverge", steps=8, test_steps=4, model="poisoned"),
@@ -123,6 +130,55 @@ def project(slurm_cluster, tmp_path_factory):
         for name in specs:   # leave nothing queued behind a failed test
             if (root / "runs" / name / "jobs.json").exists():
                 specc("cancel", name, cwd=root)
+
+
+def test_preemption_checkpoints_requeues_and_resumes_without_losing_or_repeating_a_step(project):
+    root = project["root"]
+    [rec] = jobs_of(root, "preempt")["main"]
+    jid, run_dir = rec["job_id"], root / "runs/preempt/main"
+
+    def interrupt_at(restarts: int, send) -> int:
+        """Wait until run `restarts` has trained 3 steps past its start, interrupt it, wait for the requeue."""
+        def ready():
+            info = job_info(jid) or {}
+            if info.get("JobState") != "RUNNING" or int(info.get("Restarts", 0)) != restarts:
+                return None
+            return last_step(run_dir) >= start + 3
+        start = summary_of(run_dir)["steps"] if restarts else 0
+        wait_for(ready, timeout=JOB_TIMEOUT, poll=0.3, what=f"run {restarts} of job {jid} to train 3 steps")
+        send()
+        # The trainer checkpoints at its next step boundary and writes summary.json; SLURM requeues the job.
+        summary = wait_for(lambda: (s := summary_of(run_dir)) and s["steps"] >= start + 3 and s,
+                           timeout=120, poll=0.3, what=f"run {restarts} of job {jid} to checkpoint")
+        wait_for(lambda: int((job_info(jid) or {}).get("Restarts", 0)) > restarts, timeout=120, poll=0.5,
+                 what=f"job {jid} to be requeued")
+        assert summary["status"] == "interrupted", summary
+        assert summary["steps"] < PREEMPT_STEPS, "the run finished before the signal: steps are too fast for this test"
+        return summary["steps"]
+
+    at_term = interrupt_at(0, lambda: slurm_run("scancel", "--signal=TERM", "--batch", jid))
+    at_usr1 = interrupt_at(1, lambda: slurm_run("scancel", "--signal=USR1", "--batch", jid))
+    at_requeue = interrupt_at(2, lambda: slurm_run("scontrol", "requeue", jid))
+    assert at_term < at_usr1 < at_requeue
+
+    info = wait_for_job_done(jid, timeout=JOB_TIMEOUT)
+    log = (root / rec["log"]).read_text()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "3"), log
+    assert steps_trained(run_dir) == list(range(1, PREEMPT_STEPS + 1))      # none lost, none trained twice
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["steps"], summary["restarts"]) == ("completed", PREEMPT_STEPS, 3)
+    # --open-mode=append: one log across the four runs, each with its header.
+    for n in range(4):
+        assert f"specc: job {jid} on " in log and f"restart {n} at " in log
+    assert "specc: SIGTERM received, asking the trainer to checkpoint" in log
+    assert "specc: SIGUSR1 received, asking the trainer to checkpoint" in log
+    for step in (at_term, at_usr1, at_requeue):
+        assert f"checkpointed at step {step}" in log and f"resumed from runs/preempt/main/checkpoints/step_{step:07d}" in log
+    assert log.count("specc: checkpointed (exit 75); requeueing") == 2
+    assert f"specc: checkpointed (exit 75); SLURM is requeueing {jid} itself" in log   # the external requeue came first
+
+    table = specc("status", "preempt", cwd=root, check=True).stdout
+    assert f"{PREEMPT_STEPS}/{PREEMPT_STEPS}" in table and "COMPLETED" in table
 
 
 def test_submit_runs_the_test_stage_then_the_gated_full_run(project):
@@ -149,76 +205,41 @@ def test_submit_runs_the_test_stage_then_the_gated_full_run(project):
     assert "COMPLETED" in table and "8/8" in table and "6/6" in table
 
 
-def test_preemption_checkpoints_requeues_and_resumes_without_losing_or_repeating_a_step(project):
-    root = project["root"]
-    [rec] = jobs_of(root, "preempt")["main"]
-    jid, run_dir = rec["job_id"], root / "runs/preempt/main"
-
-    def interrupt_at(restarts: int, send) -> int:
-        """Wait until run `restarts` has trained 3 steps past its start, interrupt it, wait for the requeue."""
-        def ready():
-            info = job_info(jid) or {}
-            if info.get("JobState") != "RUNNING" or int(info.get("Restarts", 0)) != restarts:
-                return None
-            summary = run_dir / "summary.json"
-            start = json.loads(summary.read_text())["steps"] if restarts and summary.exists() else 0
-            return last_step(run_dir) >= start + 3
-        wait_for(ready, timeout=JOB_TIMEOUT, poll=0.3, what=f"run {restarts} of job {jid} to train 3 steps")
-        send()
-        info = wait_for(lambda: (i := job_info(jid)) and int(i.get("Restarts", 0)) > restarts and i,
-                        timeout=120, poll=0.5, what=f"job {jid} to be requeued")
-        summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["status"] == "interrupted", summary
-        assert summary["steps"] < PREEMPT_STEPS, "the run finished before the signal: steps are too fast for this test"
-        return summary["steps"]
-
-    at_term = interrupt_at(0, lambda: slurm_run("scancel", "--signal=TERM", "--batch", jid))
-    at_usr1 = interrupt_at(1, lambda: slurm_run("scancel", "--signal=USR1", "--batch", jid))
-    at_requeue = interrupt_at(2, lambda: slurm_run("scontrol", "requeue", jid))
-    assert at_term < at_usr1 < at_requeue
-
-    info = wait_for_job_done(jid, timeout=JOB_TIMEOUT)
-    log = (root / rec["log"]).read_text()
-    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "3"), log
-    assert steps_trained(run_dir) == list(range(1, PREEMPT_STEPS + 1))      # none lost, none trained twice
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert (summary["status"], summary["steps"], summary["restarts"]) == ("completed", PREEMPT_STEPS, 3)
-    # --open-mode=append: one log across the four runs, each with its header.
-    for n in range(4):
-        assert f"specc: job {jid} on " in log and f"restart {n} at " in log
-    assert "specc: SIGTERM received, asking the trainer to checkpoint" in log
-    assert "specc: SIGUSR1 received, asking the trainer to checkpoint" in log
-    for step in (at_term, at_usr1, at_requeue):
-        assert f"checkpointed at step {step}" in log and f"resumed from runs/preempt/main/checkpoints/step_{step:07d}" in log
-    assert log.count("specc: checkpointed (exit 75); requeueing") == 2
-    assert f"specc: checkpointed (exit 75); SLURM already requeued {jid}" in log   # the external requeue came first
-
-    table = specc("status", "preempt", cwd=root, check=True).stdout
-    assert f"{PREEMPT_STEPS}/{PREEMPT_STEPS}" in table and "COMPLETED" in table
-
-
-def test_a_sweep_is_one_job_array_with_its_test_array_first(project):
+def test_a_sweep_is_one_job_array_and_every_task_trains_its_own_run(project):
     root = project["root"]
     out = project["submit"]["sweep"].stdout
-    assert "test 2-task array → local/debug" in out and "full 2-task array → local/main" in out
+    assert "full 2-task array → local/main" in out
     jobs = jobs_of(root, "sweep")
     assert list(jobs) == ["r2", "r4"]
-    test_array = {r[0]["array_job_id"] for r in jobs.values()}
-    full_array = {r[1]["array_job_id"] for r in jobs.values()}
-    assert len(test_array) == len(full_array) == 1                           # ONE array each
-    [ta], [fa] = test_array, full_array
-    assert [r[1]["job_id"] for r in jobs.values()] == [f"{fa}_0", f"{fa}_1"]
-    assert jobs["r4"][1]["log"] == f"runs/sweep/logs/sweep-{fa}_1.out"
-    assert {r[1]["depends_on"] for r in jobs.values()} == {ta}                 # aftercorr: task i after test task i
-    for run, (test, full) in jobs.items():
-        assert wait_for_job_done(full["job_id"], timeout=2 * JOB_TIMEOUT)["JobState"] == "COMPLETED", \
-            (root / full["log"]).read_text() if (root / full["log"]).exists() else full
+    arrays = {recs[0]["array_job_id"] for recs in jobs.values()}
+    assert len(arrays) == 1                                                  # ONE array
+    [fa] = arrays
+    assert [recs[0]["job_id"] for recs in jobs.values()] == [f"{fa}_0", f"{fa}_1"]
+    assert jobs["r4"][0]["log"] == f"runs/sweep/logs/sweep-{fa}_1.out"
+    assert "#SBATCH --array=0-1%2" in (root / "generated/sweep/array.sbatch").read_text()   # max_concurrent → %2
+    for run, [full] in jobs.items():
+        info = wait_for_job_done(full["job_id"], timeout=2 * JOB_TIMEOUT)
+        assert info["JobState"] == "COMPLETED", (root / full["log"]).read_text()
         summary = json.loads((root / "runs/sweep" / run / "summary.json").read_text())
         assert (summary["run"], summary["status"], summary["steps"]) == (run, "completed", 8)
-        assert json.loads((root / "runs/sweep" / f"{run}.test/summary.json").read_text())["steps"] == 6
         assert f"generated/sweep/{run}/config.json" in (root / full["log"]).read_text()
     rank = {run: json.loads((root / "runs/sweep" / run / "adapter/adapter_config.json").read_text())["r"] for run in jobs}
     assert rank == {"r2": 2, "r4": 4}
+    table = specc("status", "sweep", cwd=root, check=True).stdout
+    assert f"{fa}_0" in table and f"{fa}_1" in table and table.count("8/8") == 2
+
+
+def test_a_sweep_with_a_test_stage_submits_the_test_array_first(project, tmp_path):
+    path = spec(tmp_path, project["files"], "drysweep", steps=8, test_steps=4,
+                sweep={"matrix": {"model.lora.rank": [2, 4]}, "name": "r{model.lora.rank}", "control": True})
+    out = specc("submit", str(path), "--dry-run", cwd=tmp_path, check=True).stdout
+    assert "test 2-task array → local/debug" in out and "full 3-task array → local/main" in out
+    assert "sbatch --parsable --partition=debug generated/drysweep/test_array.sbatch" in out
+    assert ("sbatch --parsable '--dependency=aftercorr:<test job id>' --kill-on-invalid-dep=yes --partition=main "
+            "generated/drysweep/array.sbatch") in out
+    script = (tmp_path / "generated/drysweep/array.sbatch").read_text()
+    assert '"${SPECC}" gate "${CONFIG}" || exit 1' in script      # every task checks its own test stage
+    assert script.index("r4/config.json") < script.index("control_tiny/config.json")   # tested runs first
 
 
 def blocked_by_test(root: Path, experiment: str) -> tuple[dict, dict, str]:

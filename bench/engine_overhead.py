@@ -1,0 +1,169 @@
+"""Benchmark: the engine's per-step overhead over a bare loop that calls the same backend.
+
+In one process (torch threads fixed, default 1), for each repetition:
+- engine: `open_session` + `train` on the builtin tiny-llama / capitalization quickstart setup with
+  eval_every and checkpoint_every beyond the run (so only the step-0 and final evaluation and the
+  final checkpoint happen, and they are not in the per-step figures), early stopping off.
+- bare:   on the very same Session's backend, `forward_backward(batch, 1/targets)` +
+  `optimizer_step(lr)` over batches prebuilt from the same BatchPlan and lrs precomputed from the
+  same schedule, and nothing else.
+Engine and bare alternate (engine first on even repetitions, bare first on odd ones).
+
+Two figures, both as medians over all steps after the first `--skip` of each segment:
+1. time per step: start of one step's first forward_backward to the next one's (the wrapper that
+   takes the timestamp is the same for both loops), engine ÷ bare.
+2. engine time outside the backend per step (that interval minus the time spent inside
+   forward_backward and optimizer_step), ÷ the bare step time. This one is much less sensitive to
+   machine load, since it does not subtract two noisy step times.
+Target: overhead ≤ 3 %.
+
+Usage: python bench/engine_overhead.py [--steps 200] [--reps 4] [--threads 1] [--batch-size 8] [--profile]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import builtin_paths, load_str, machine, write_spec  # noqa: E402
+
+
+class Stamps:
+    """Wraps backend.forward_backward / optimizer_step (instance attributes) to record call times."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.fb_orig, self.opt_orig = backend.forward_backward, backend.optimizer_step
+        self.reset()
+        clock = time.perf_counter
+
+        def forward_backward(batch, scale):
+            t = clock()
+            if self._step_open:
+                self.starts.append(t)
+                self._step_open = False
+            r = self.fb_orig(batch, scale)
+            self._acc += clock() - t
+            return r
+
+        def optimizer_step(lr):
+            t = clock()
+            r = self.opt_orig(lr)
+            self._acc += clock() - t
+            self.inside.append(self._acc)
+            self._acc = 0.0
+            self._step_open = True
+            return r
+
+        backend.forward_backward = forward_backward
+        backend.optimizer_step = optimizer_step
+
+    def reset(self):
+        self.starts: list[float] = []
+        self.inside: list[float] = []   # time inside the backend per step
+        self._acc = 0.0
+        self._step_open = True
+
+    def per_step(self, skip: int) -> tuple[list[float], list[float]]:
+        """(interval per step, time outside the backend per step) for steps skip..n-2."""
+        iv = [b - a for a, b in zip(self.starts, self.starts[1:])]
+        outside = [i - b for i, b in zip(iv, self.inside)]
+        return iv[skip:], outside[skip:]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--reps", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--skip", type=int, default=5, help="steps dropped at the start of each segment")
+    ap.add_argument("--profile", action="store_true", help="cProfile one extra engine segment, print the top")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from rich.console import Console
+
+    from specc.data.batches import BatchStream
+    from specc.engine.config import load_run_config
+    from specc.engine.loop import RunOptions, train
+    from specc.engine.session import open_session
+    from specc.plan.schedule import lr as lr_at
+
+    model_dir, data = builtin_paths()
+    root = Path(tempfile.mkdtemp(prefix="specc-bench-overhead-"))
+    spec = write_spec(root / "bench.yaml", experiment="bench-overhead", model_dir=model_dir, data=data,
+                      steps=args.steps, batch_size=args.batch_size, eval_every=10 ** 6, checkpoint_every=10 ** 6)
+    base_cfg = load_run_config(spec, None)
+    m = machine()
+    print(f"# {m['cpu']}, {m['cores']} cores, torch threads {torch.get_num_threads()}; {args.steps} steps per segment, "
+          f"batch {args.batch_size}; work dir {root}")
+    print(f"{'rep':>3} {'loop':6} {'median ms/step':>14} {'mean ms/step':>12} {'outside backend ms':>18}  load")
+    res = {"engine": [], "bare": [], "outside": []}
+
+    def segment(rep: int, which: str, profile: bool = False):
+        cfg = replace(base_cfg, output_dir=root / "runs" / f"{which}-{rep}")
+        s = open_session(cfg, RunOptions(resume="never"), Console(file=io.StringIO()))
+        stamps = Stamps(s.backend)
+        if which == "engine":
+            if profile:
+                import cProfile
+                import pstats
+                pr = cProfile.Profile()
+                pr.enable()
+                train(s)
+                pr.disable()
+                pstats.Stats(pr).sort_stats("cumulative").print_stats(35)
+                return None
+            # the step-0 evaluation happens before the first step and is not in any interval
+            train(s)
+            return stamps
+        stream = BatchStream(s.data.train_plan)
+        batches = [next(stream) for _ in range(s.total_steps)]
+        scales = [1.0 / (b.n_target_tokens or 1) for b in batches]
+        lrs = [lr_at(s.schedule, i) for i in range(s.total_steps)]
+        backend = s.backend
+        for b, sc, lr in zip(batches, scales, lrs):
+            backend.forward_backward(b, sc)
+            backend.optimizer_step(lr)
+        return stamps
+
+    for rep in range(args.reps):
+        order = ("engine", "bare") if rep % 2 == 0 else ("bare", "engine")
+        for which in order:
+            st = segment(rep, which)
+            iv, outside = st.per_step(args.skip)
+            if which == "engine":
+                # the last interval of the engine holds the final evaluation: per_step already drops it
+                # (intervals are between consecutive step starts, so the final step has none).
+                res["outside"].append(statistics.median(outside))
+            res[which].append(statistics.median(iv))
+            print(f"{rep:>3} {which:6} {statistics.median(iv) * 1e3:>14.2f} {statistics.mean(iv) * 1e3:>12.2f} "
+                  f"{statistics.median(outside) * 1e3:>18.3f}  {load_str()}", flush=True)
+            res.setdefault(which + "_mean", []).append(statistics.mean(iv))
+    e, b = statistics.median(res["engine"]), statistics.median(res["bare"])
+    o = statistics.median(res["outside"])
+    pairs = [x / y - 1 for x, y in zip(res["engine"], res["bare"])]
+    print()
+    print("| figure | engine | bare loop | overhead |")
+    print("|---|---|---|---|")
+    print(f"| median time per step | {e * 1e3:.2f} ms | {b * 1e3:.2f} ms | {100 * (e / b - 1):+.2f} % "
+          f"(per pair: {', '.join(f'{100 * p:+.1f}' for p in pairs)}) |")
+    em, bm = statistics.median(res["engine_mean"]), statistics.median(res["bare_mean"])
+    print(f"| mean time per step | {em * 1e3:.2f} ms | {bm * 1e3:.2f} ms | {100 * (em / bm - 1):+.2f} % |")
+    print(f"| engine time outside the backend per step | {o * 1e3:.3f} ms | — | {100 * o / b:.2f} % of a bare step |")
+    print("target: <= 3 %")
+    if args.profile:
+        segment(args.reps, "engine", profile=True)
+
+
+if __name__ == "__main__":
+    main()
