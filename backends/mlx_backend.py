@@ -65,6 +65,7 @@ from backends.protocol import (
     StepResult,
 )
 from specc.errors import UserError
+from specc.model_check import check_model_dir as shared_check, listing as _listing
 
 QUANT_BITS = 4
 QUANT_GROUP_SIZE = 64
@@ -86,42 +87,10 @@ HF_TO_MLX_KEYS = {
 }
 
 
-def _listing(path: Path, limit: int = 30) -> str:
-    try:
-        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
-    except OSError as exc:
-        return f"(cannot list {path}: {exc.strerror or exc})"
-    if not entries:
-        return "(empty)"
-    more = f", ... ({len(entries) - limit} more)" if len(entries) > limit else ""
-    return ", ".join(entries[:limit]) + more
-
-
 def check_model_dir(path: Path) -> None:
     """Raise UserError naming what is there when `path` is not a usable HF-format model directory."""
-    where = "model.path"
-    if not path.exists():
-        parent = path.parent
-        if parent.is_dir():
-            hint = f"{parent} contains: {_listing(parent)}"
-        else:
-            hint = f"its parent {parent} does not exist either"
-        raise UserError(f"model directory {path} does not exist", hint=hint, where=where)
-    if not path.is_dir():
-        raise UserError(f"model path {path} is a file, not a directory",
-                        hint="point model.path at the directory holding config.json and *.safetensors",
-                        where=where)
-    missing = []
-    if not (path / "config.json").is_file():
-        missing.append("config.json")
-    if not list(path.glob("model*.safetensors")):
-        missing.append("model*.safetensors weights")
-    if missing:
-        hint = f"{path} contains: {_listing(path)}"
-        if any(path.glob("*.bin")) and "config.json" not in missing:
-            hint += ("; PyTorch .bin weights found: re-save them with "
-                     "save_pretrained(..., safe_serialization=True)")
-        raise UserError(f"model directory {path} has no {' and no '.join(missing)}", hint=hint, where=where)
+    # mlx-lm reads safetensors only.
+    shared_check(path, weights=("model*.safetensors",), need_tokenizer=False)
 
 
 def _rope_overrides(path: Path) -> dict:

@@ -51,9 +51,8 @@ from backends.protocol import (
     StepResult,
 )
 from specc.errors import UserError
+from specc.model_check import check_model_dir, listing as _listing
 
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 # Model types whose logits are exactly lm_head(final hidden state): the gathered-head path is exact.
 PLAIN_HEAD_MODEL_TYPES = frozenset({
     "llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3", "olmo", "olmo2", "starcoder2", "gemma",
@@ -63,52 +62,10 @@ DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16
           "float16": "float16", "fp16": "float16"}
 
 
-def _listing(path: Path, limit: int = 30) -> str:
-    try:
-        names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
-    except OSError as exc:
-        return f"(cannot list {path}: {exc.strerror})"
-    if not names:
-        return "(empty)"
-    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
 def validate_model_dir(path: Path) -> Path:
-    """Check that `path` looks like a local HF causal-LM directory; raise UserError saying what is there."""
-    path = Path(path).expanduser()
-    where = str(path)
-    if not path.exists():
-        parent = path.parent
-        found = _listing(parent) if parent.is_dir() else "(the parent directory does not exist either)"
-        raise UserError(
-            f"model directory {path} does not exist",
-            hint=f"{parent} contains: {found}",
-        )
-    if not path.is_dir():
-        raise UserError(f"model path {path} is a file, not a directory",
-                        hint="point model.path at the directory holding config.json and the weights")
-    found = _listing(path)
-    expected = ("expected a Hugging Face model directory: config.json, weights (*.safetensors or "
-                "pytorch_model*.bin) and a tokenizer (tokenizer.json, tokenizer.model or vocab.json + "
-                "tokenizer_config.json)")
-    problems = []
-    if not (path / "config.json").is_file():
-        problems.append("no config.json")
-    if not any(any(path.glob(pat)) for pat in WEIGHT_PATTERNS):
-        problems.append("no weights (*.safetensors / pytorch_model*.bin)")
-    if not any((path / f).is_file() for f in TOKENIZER_FILES):
-        problems.append("no tokenizer files")
-    if problems:
-        raise UserError(f"{'; '.join(problems)} in the model directory; found: {found}", hint=expected, where=where)
-    try:
-        cfg = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"config.json is not valid JSON: {exc}", where=where) from exc
-    if not isinstance(cfg, dict) or "model_type" not in cfg:
-        raise UserError("config.json has no model_type; is this a Hugging Face model directory?",
-                        hint=expected, where=where)
-    return path.resolve()
+    """Check that `path` is a usable local HF model directory (see specc.model_check)."""
+    check_model_dir(path)
+    return Path(path).expanduser().resolve()
 
 
 class TorchBackend:

@@ -30,7 +30,8 @@ DEFAULT_SPECS = [REPO / "specs" / "quickstart.yaml", REPO / "bench" / "estimate"
 
 def specc(*args: str, cwd: Path, env: dict) -> tuple[float, subprocess.CompletedProcess]:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "specc.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    cmd = [sys.executable, "-c", "import sys; from specc.cli import main; sys.argv[0] = 'specc'; main()", *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     return time.perf_counter() - t0, proc
 
 

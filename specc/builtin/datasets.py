@@ -17,28 +17,33 @@ from typing import Callable
 DATA_VERSION = 1
 SPLITS = ("train", "valid", "test")
 
-# A closed vocabulary: the builtin tokenizer learns every casing of these as single tokens, which is
-# what lets a tiny model learn the task quickly (see docs/quickstart-model.md).
+# A closed vocabulary: the builtin tokenizer learns each casing of these as one token, so the task
+# is a per-token mapping that a tiny model learns in seconds (see docs/quickstart-model.md).
 WORDS = """
-apple bird black blue boat book box bread bright brown cake calm car cat chair city clean clock cloud
-cold cup dark day deep desk dog door dream dry early earth east egg fast field fire fish flower fog
-forest fox fresh friend garden girl glass gold green happy hat hill home horse house ice king lake
-lamp leaf light lion long love map milk moon morning mother mountain music night north old orange
-paper park pen pink plant queen quick quiet rain red river road rock round salt sand sea ship shoe
-silver sky slow small snow soft song south star stone storm street summer sun sweet table tall tea
-tiger tower town train tree violet warm water west white wind window winter wolf wood yellow young
+apple arrow autumn baker bell berry bird black blue boat bone book bottle box branch bread bridge
+bright brown bubble cake calm camel candle car castle cat chair cherry circle city clean clock cloud
+coast cold copper corn cotton cup dark day deep desert desk dog door dragon dream drum dry duck eagle
+early earth east echo egg engine fast feather field fire fish flag flower fog forest fox fresh friend
+frog garden ghost giant glass gold grape green guitar happy harbor hat hill home honey horse house ice
+island jacket jelly jungle key king kite lake lamp leaf lemon light lion long love map maple meadow
+melon milk mirror moon morning mother mountain music needle nest night north ocean old olive orange
+owl paper park pearl pen pepper piano pink pillow planet plant pocket pond queen quick quiet rabbit
+rain red ribbon river road robot rock rose round salt sand sea shadow ship shoe silver sky slow small
+smoke snow soft song south spoon spring star stone storm street sugar summer sun sweet table tall tea
+tiger timber tomato tower town train tree tulip valley velvet violet wagon warm water west whale
+wheel white wind window winter wolf wood yellow young zebra
 """.split()
 
 
-def random_phrase(rng: random.Random, min_words: int = 1, max_words: int = 6) -> list[str]:
-    """A list of random lowercase words from WORDS."""
-    return [rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))]
+def random_word(rng: random.Random) -> str:
+    """A random lowercase word from WORDS."""
+    return rng.choice(WORDS)
 
 
 def capitalization_example(rng: random.Random) -> dict[str, str]:
-    """One quickstart example: capitalize the first letter of every word."""
-    words = random_phrase(rng)
-    return {"prompt": f"Capitalize:\n{' '.join(words)}\n", "completion": " ".join(w.capitalize() for w in words)}
+    """One quickstart example: capitalize a word."""
+    word = random_word(rng)
+    return {"prompt": f"Capitalize: {word}\n", "completion": word.capitalize()}
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ class BuiltinDataset:
 
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
     "capitalization": BuiltinDataset(
-        description="Capitalize the first letter of every word (1-6 common English words).",
+        description="Capitalize a word (one of ~200 common English words).",
         format="prompt_completion",
         make_example=capitalization_example,
         sizes={"train": 2000, "valid": 200, "test": 200},

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from specc.builtin.datasets import random_phrase
+from specc.builtin.datasets import random_word
 
 # Bump whenever the recipe below changes: the cache directory name carries it.
 MODEL_VERSION = 1
@@ -27,7 +27,7 @@ CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-VOCAB_SIZE = 1024  # an upper bound: BPE stops once every word form of the corpus is one token
+VOCAB_SIZE = 2048  # an upper bound: BPE stops once every word form of the corpus is one token
 ARCHITECTURE = dict(
     hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True, rope_theta=10000.0,
@@ -41,29 +41,27 @@ def default_cache_root() -> Path:
 
 
 def _sentence(rng: random.Random) -> str:
-    words = [w.capitalize() if rng.random() < 0.15 else w for w in random_phrase(rng, 3, 8)]
-    words[0] = words[0].capitalize()
+    words = [random_word(rng) for _ in range(rng.randint(3, 8))]
+    words = [w.capitalize() if i == 0 or rng.random() < 0.15 else w for i, w in enumerate(words)]
     return " ".join(words) + rng.choice(".?!")
 
 
-# Word tasks in the quickstart's "Task:\nsource\n" + "target" form; capitalization is deliberately
-# absent. Copying dominates because it is what the model must learn first (an induction circuit).
+# One-word tasks in the quickstart's "Task: word\n" + "answer" form. Capitalization itself is
+# deliberately absent: the base learns to find the word, copy it and change its case the other way.
 _TASKS = {
-    "Repeat": lambda rng, w: (w, w),
-    "Lowercase": lambda rng, w: ((m := [rng.choice([x, x.capitalize()]) for x in w]), [x.lower() for x in m]),
-    "First word": lambda rng, w: (w, w[:1]),
-    "Last word": lambda rng, w: (w, w[-1:]),
+    "Repeat": lambda w: w,
+    "Lowercase": lambda w: w.lower(),
 }
-_TASK_WEIGHTS = {"Repeat": 4, "Lowercase": 3, "First word": 1, "Last word": 1}
 
 
 def pretraining_example(rng: random.Random) -> tuple[str, str]:
     """One (prompt, answer) pair of the general pretraining corpus; a plain sentence has no prompt."""
-    if rng.random() < 0.15:
+    if rng.random() < 0.2:
         return "", _sentence(rng)
-    name = rng.choices(list(_TASK_WEIGHTS), weights=list(_TASK_WEIGHTS.values()))[0]
-    source, target = _TASKS[name](rng, random_phrase(rng))
-    return f"{name}:\n{' '.join(source)}\n", " ".join(target)
+    task = rng.choice(sorted(_TASKS))
+    word = random_word(rng)
+    word = word.capitalize() if rng.random() < 0.5 else word
+    return f"{task}: {word}\n", _TASKS[task](word)
 
 
 def build_tokenizer(seed: int = 0):
@@ -89,7 +87,7 @@ def build_tokenizer(seed: int = 0):
 def _document_ids(rng: random.Random, tokenizer) -> list[int]:
     prompt, answer = pretraining_example(rng)
     if prompt and rng.random() < 0.2:  # chat form too, so role tokens and the template are trained
-        messages = [{"role": "user", "content": prompt.rstrip("\n")}, {"role": "assistant", "content": answer}]
+        messages = [{"role": "user", "content": prompt.rstrip()}, {"role": "assistant", "content": answer}]
         return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
     return tokenizer(prompt + answer + EOS)["input_ids"]
 
