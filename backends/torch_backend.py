@@ -329,6 +329,7 @@ class TorchBackend:
 
     def optimizer_step(self, lr: float) -> StepResult:
         torch = self._torch
+        self._all_reduce_grads()
         grads = [p.grad for p in self.params if p.grad is not None]
         if not grads:
             norm = 0.0
@@ -351,6 +352,32 @@ class TorchBackend:
         self.optimizer.step()
         self.zero_grad()
         return StepResult(grad_norm=norm, applied=True)
+
+    def _all_reduce_grads(self) -> None:
+        """Data-parallel (torch.distributed initialised by the engine): sum every rank's gradients.
+
+        Each rank accumulated its share of the step's micro-batches, scaled by 1 / the step's target
+        tokens over all ranks, so the sum is exactly the one-process gradient; clipping and AdamW then
+        see the same numbers on every rank and the adapters stay identical.
+        """
+        torch = self._torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        for p in self.params:   # a rank with no micro-batch this step still takes part
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        by_dtype: dict[object, list] = {}
+        for p in self.params:
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+        for grads in by_dtype.values():   # one collective per dtype, not one per LoRA tensor
+            flat = _flatten_dense_tensors(grads)
+            dist.all_reduce(flat)
+            for g, summed in zip(grads, _unflatten_dense_tensors(flat, grads)):
+                g.copy_(summed)
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -77,6 +77,49 @@ class Stamps:
         return iv[skip:], outside[skip:]
 
 
+def pieces(root: Path, base_cfg) -> None:
+    """Each per-step piece of the engine loop alone, 300 calls each (median and mean)."""
+    import io
+
+    from rich.console import Console
+
+    from specc.data.batches import BatchStream
+    from specc.engine.loop import RunOptions
+    from specc.engine.metrics import MetricsLog, Progress
+    from specc.engine.session import open_session
+
+    cfg = replace(base_cfg, output_dir=root / "runs" / "pieces")
+    s = open_session(cfg, RunOptions(resume="never"), Console(file=io.StringIO()))
+    rows = []
+
+    def bench(name, fn, n=300):
+        ts = []
+        for i in range(n):
+            t = time.perf_counter()
+            fn(i)
+            ts.append(time.perf_counter() - t)
+        rows.append((name, statistics.median(ts), statistics.mean(ts)))
+
+    stream = BatchStream(s.data.train_plan)
+    bench("next(stream): build one packed batch", lambda i: next(stream))
+    bench("backend.memory()", lambda i: s.backend.memory())
+    log = MetricsLog(root / "runs" / "pieces", None)
+    rec = {"step": 1, "loss": 2.0123, "lr": 1e-3, "grad_norm": 0.5, "tokens": 760, "step_s": 0.2, "mem_mb": 480.0}
+    bench("metrics.write: JSON line + flush + TensorBoard scalars", lambda i: log.write(dict(rec, step=i)))
+    if getattr(log, "_tb", None) is not None and getattr(log._tb, "_writer", None) is not None:
+        log._tb._writer.close()
+        log._tb._writer = None
+        bench("metrics.write without TensorBoard", lambda i: log.write(dict(rec, step=i)))
+    log.close()
+    progress = Progress(300, Console(file=io.StringIO()))
+    bench("progress.update when it prints (every total/50 steps)", lambda i: progress.update(i * 6, 2.0, 2.0, 480.0, 3, None))
+    print()
+    print("| per-step piece (alone, 300 calls) | median | mean |")
+    print("|---|---|---|")
+    for name, med, mean in rows:
+        print(f"| {name} | {med * 1e3:.3f} ms | {mean * 1e3:.3f} ms |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200)
@@ -85,6 +128,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--skip", type=int, default=5, help="steps dropped at the start of each segment")
     ap.add_argument("--profile", action="store_true", help="cProfile one extra engine segment, print the top")
+    ap.add_argument("--no-pieces", action="store_true", help="skip timing the engine's per-step pieces one by one")
     args = ap.parse_args()
 
     import torch
@@ -161,6 +205,8 @@ def main() -> None:
     print(f"| mean time per step | {em * 1e3:.2f} ms | {bm * 1e3:.2f} ms | {100 * (em / bm - 1):+.2f} % |")
     print(f"| engine time outside the backend per step | {o * 1e3:.3f} ms | — | {100 * o / b:.2f} % of a bare step |")
     print("target: <= 3 %")
+    if not args.no_pieces:
+        pieces(root, base_cfg)
     if args.profile:
         segment(args.reps, "engine", profile=True)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -28,11 +29,15 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SPECS = [REPO / "specs" / "quickstart.yaml", REPO / "bench" / "estimate" / "quickstart-wide.yaml"]
 
 
-def specc(*args: str, cwd: Path, env: dict) -> tuple[float, subprocess.CompletedProcess]:
+def specc(*args: str, cwd: Path, env: dict) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(wall seconds, CPU seconds, process) of one `specc` command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     cmd = [sys.executable, "-c", "import sys; from specc.cli import main; sys.argv[0] = 'specc'; main()", *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    return time.perf_counter() - t0, proc
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), proc
 
 
 def main() -> None:
@@ -50,29 +55,33 @@ def main() -> None:
         local = work / spec.name
         shutil.copy(spec, local)
         load0 = os.getloadavg()[0]
-        _, cal = specc("calibrate", local.name, "--steps", args.steps, cwd=work, env=env)
+        _, _, cal = specc("calibrate", local.name, "--steps", args.steps, cwd=work, env=env)
         if cal.returncode != 0:
             sys.exit(f"calibrate {spec} failed:\n{cal.stdout}\n{cal.stderr}")
-        job_s, run = specc("run", local.name, "--resume", "never", cwd=work, env=env)
+        job_s, job_cpu, run = specc("run", local.name, "--resume", "never", cwd=work, env=env)
         if run.returncode != 0:
             sys.exit(f"run {spec} failed:\n{run.stdout}\n{run.stderr[-3000:]}")
         exp = next(line.split(":", 1)[1].strip() for line in local.read_text().splitlines() if line.startswith("experiment:"))
         summary = json.loads((work / "runs" / exp / "main" / "summary.json").read_text())
         est = summary.get("estimate") or {}
         load1 = os.getloadavg()[0]
+        cal_data = json.loads((args.calibrations / "local-cpu.json").read_text())
+        share = cal_data["entries"].get(est.get("shape_key"), {}).get("measured", {}).get("cpu_share")
         rows.append((spec.name, summary["status"], summary["steps"], est.get("source"), est.get("wall_s"),
-                     summary["wall_s"], est.get("total_s"), job_s, load0, load1))
+                     summary["wall_s"], est.get("total_s"), job_s, load0, load1, share, job_cpu / job_s))
         print(f"{spec.name}: estimate wall {est.get('wall_s')} s vs {summary['wall_s']} s; job {est.get('total_s')} s "
-              f"vs {job_s:.1f} s (load {load0:.1f} → {load1:.1f})", flush=True)
+              f"vs {job_s:.1f} s (load {load0:.1f} → {load1:.1f}; CPU share calibration {share}, run "
+              f"{job_cpu / job_s:.2f})", flush=True)
         specc("report", exp, "--no-plots", cwd=work, env=env)   # records time_accuracy in the calibration file
     print()
-    print("| spec | status | steps | source | estimated wall | measured wall_s | error | estimated job | measured job | error | load avg |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, status, steps, source, ew, mw, ej, mj, l0, l1 in rows:
+    print("| spec | status | steps | source | estimated wall | measured wall_s | error | estimated job | measured job "
+          "| error | load avg | CPU share cal. / run |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, status, steps, source, ew, mw, ej, mj, l0, l1, sc, sr in rows:
         e1 = f"{100 * (ew - mw) / mw:+.1f}%" if ew else "—"
         e2 = f"{100 * (ej - mj) / mj:+.1f}%" if ej else "—"
         print(f"| {name} | {status} | {steps} | {source} | {ew:.1f} s | {mw:.1f} s | {e1} | {ej:.1f} s | {mj:.1f} s | {e2} "
-              f"| {l0:.1f} → {l1:.1f} |")
+              f"| {l0:.1f} → {l1:.1f} | {sc} / {sr:.2f} |")
     print(f"\n{os.cpu_count()} CPUs; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; work dir {work}")
 
 

@@ -158,4 +158,8 @@ def _click_exceptions() -> tuple[type, ...]:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m specc.cli` (torchrun -m specc.cli): this file runs as __main__, but the command modules
+    # register on specc.cli's app, so run that module's main.
+    from specc.cli import main as _main
+
+    _main()

@@ -1,6 +1,6 @@
 """Built-in synthetic datasets, generated locally and deterministically (no download).
 
-`builtin:capitalization` is the quickstart task: capitalize the first letter of every word.
+`builtin:capitalization` is the quickstart task: "Capitalize:\nsun\n" -> "Sun".
 """
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from specc.errors import UserError
+
 # Bump when the generated text changes, so stale caches are not reused.
 DATA_VERSION = 1
 SPLITS = ("train", "valid", "test")
 
-# A closed vocabulary: the builtin tokenizer learns each casing of these as one token, so the task
-# is a per-token mapping that a tiny model learns in seconds (see docs/quickstart-model.md).
+# The builtin model is pretrained on these words (see docs/quickstart-model.md).
 WORDS = """
 apple arrow autumn baker bell berry bird black blue boat bone book bottle box branch bread bridge
 bright brown bubble cake calm camel candle car castle cat chair cherry circle city clean clock cloud
@@ -35,28 +36,36 @@ wheel white wind window winter wolf wood yellow young zebra
 """.split()
 
 
-def random_word(rng: random.Random) -> str:
-    """A random lowercase word from WORDS."""
-    return rng.choice(WORDS)
+# Valid and test words never occur in train, so validation loss measures the skill, not recall.
+_SPLIT_WORDS = {
+    "train": [w for i, w in enumerate(WORDS) if i % 10 not in (0, 5)],
+    "valid": WORDS[0::10],
+    "test": WORDS[5::10],
+}
 
 
-def capitalization_example(rng: random.Random) -> dict[str, str]:
+def random_word(rng: random.Random, split: str | None = None) -> str:
+    """A random lowercase word from WORDS, or from one split's share of them."""
+    return rng.choice(_SPLIT_WORDS[split] if split else WORDS)
+
+
+def capitalization_example(rng: random.Random, split: str) -> dict[str, str]:
     """One quickstart example: capitalize a word."""
-    word = random_word(rng)
-    return {"prompt": f"Capitalize: {word}\n", "completion": word.capitalize()}
+    word = random_word(rng, split)
+    return {"prompt": f"Capitalize:\n{word}\n", "completion": word.capitalize()}
 
 
 @dataclass(frozen=True)
 class BuiltinDataset:
     description: str
     format: str                                    # the engine's data format name
-    make_example: Callable[[random.Random], dict[str, str]]
+    make_example: Callable[[random.Random, str], dict[str, str]]  # (rng, split) -> one JSONL record
     sizes: dict[str, int]                          # examples per split
 
 
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
     "capitalization": BuiltinDataset(
-        description="Capitalize a word (one of ~200 common English words).",
+        description="Capitalize a common English word; valid/test words are held out of train.",
         format="prompt_completion",
         make_example=capitalization_example,
         sizes={"train": 2000, "valid": 200, "test": 200},
@@ -65,10 +74,9 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
 
 
 def _lookup(name: str) -> BuiltinDataset:
-    try:
-        return BUILTIN_DATASETS[name]
-    except KeyError:
-        raise ValueError(f"unknown builtin dataset {name!r}; known: {', '.join(sorted(BUILTIN_DATASETS))}") from None
+    if name not in BUILTIN_DATASETS:
+        raise UserError(f"unknown builtin dataset {name!r}", hint=f"known: {', '.join(sorted(BUILTIN_DATASETS))}")
+    return BUILTIN_DATASETS[name]
 
 
 def generate(name: str, out_dir: Path, seed: int = 0) -> dict[str, Path]:
@@ -76,13 +84,12 @@ def generate(name: str, out_dir: Path, seed: int = 0) -> dict[str, Path]:
     spec = _lookup(name)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # One generator for all splits, so splits never overlap by construction of the stream order.
     rng = random.Random(f"{name}:{seed}")
     paths = {}
     for split in SPLITS:
         path = paths[split] = out_dir / f"{split}.jsonl"
-        lines = [json.dumps(spec.make_example(rng), ensure_ascii=False, sort_keys=True) for _ in range(spec.sizes[split])]
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        records = (spec.make_example(rng, split) for _ in range(spec.sizes[split]))
+        path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records), encoding="utf-8", newline="\n")
     return paths
 
 
@@ -90,7 +97,7 @@ def resolve_builtin_data(uri: str, cache_dir: Path, seed: int = 0) -> dict[str, 
     """Resolve `builtin:<name>` to split paths, generating them into cache_dir once."""
     prefix, _, name = uri.partition(":")
     if prefix != "builtin" or not name:
-        raise ValueError(f"not a builtin data uri: {uri!r} (expected 'builtin:<name>')")
+        raise UserError(f"not a builtin data uri: {uri!r}", hint="write it as 'builtin:<name>', e.g. builtin:capitalization")
     _lookup(name)
     final = Path(cache_dir) / f"{name}-v{DATA_VERSION}-seed{seed}"
     paths = {split: final / f"{split}.jsonl" for split in SPLITS}

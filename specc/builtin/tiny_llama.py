@@ -7,18 +7,25 @@ real but learnable job. See docs/quickstart-model.md.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from specc.builtin.datasets import random_word
+from specc.errors import UserError
+
+Log = Callable[[str], None]
 
 # Bump whenever the recipe below changes: the cache directory name carries it.
 MODEL_VERSION = 1
-REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+# Written last, inside the build directory: a cache without it was never finished.
+MARKER = "specc-builtin.json"
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", MARKER)
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, "<|system|>", "<|user|>", "<|assistant|>"]
@@ -27,12 +34,12 @@ CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-VOCAB_SIZE = 2048  # an upper bound: BPE stops once every word form of the corpus is one token
+VOCAB_SIZE = 1024  # an upper bound: BPE stops once every word piece of the corpus is one token
 ARCHITECTURE = dict(
     hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True, rope_theta=10000.0,
 )
-PRETRAIN = dict(steps=300, batch_size=16, seq_len=128, lr=3e-3, warmup=30, seed=0)
+PRETRAIN = dict(steps=400, batch_size=64, lr=5e-3, warmup=30, seed=0)
 
 
 def default_cache_root() -> Path:
@@ -40,13 +47,7 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("SPECC_CACHE") or Path.home() / ".cache" / "specc") / "builtin"
 
 
-def _sentence(rng: random.Random) -> str:
-    words = [random_word(rng) for _ in range(rng.randint(3, 8))]
-    words = [w.capitalize() if i == 0 or rng.random() < 0.15 else w for i, w in enumerate(words)]
-    return " ".join(words) + rng.choice(".?!")
-
-
-# One-word tasks in the quickstart's "Task: word\n" + "answer" form. Capitalization itself is
+# One-word tasks in the quickstart's "Task:\nword\n" + "answer" form. Capitalization itself is
 # deliberately absent: the base learns to find the word, copy it and change its case the other way.
 _TASKS = {
     "Repeat": lambda w: w,
@@ -55,24 +56,27 @@ _TASKS = {
 
 
 def pretraining_example(rng: random.Random) -> tuple[str, str]:
-    """One (prompt, answer) pair of the general pretraining corpus; a plain sentence has no prompt."""
-    if rng.random() < 0.2:
-        return "", _sentence(rng)
+    """One (prompt, answer) pair of the pretraining corpus."""
     task = rng.choice(sorted(_TASKS))
     word = random_word(rng)
     word = word.capitalize() if rng.random() < 0.5 else word
-    return f"{task}: {word}\n", _TASKS[task](word)
+    return f"{task}:\n{word}\n", _TASKS[task](word)
 
 
 def build_tokenizer(seed: int = 0):
-    """Train a byte-level BPE on the generated corpus: every word form becomes one token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    """Train a small byte-level BPE on the generated corpus (any text still encodes, byte by byte)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     rng = random.Random(seed)
     corpus = ["".join(pretraining_example(rng)) for _ in range(20000)]
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # The first letter of every word is its own token, so "sun" is [s, un] and "Sun" is [S, un]:
+    # changing case is then a 26-letter mapping, not one per word.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\b[A-Za-z]"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(corpus, trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False,
@@ -86,37 +90,39 @@ def build_tokenizer(seed: int = 0):
 
 def _document_ids(rng: random.Random, tokenizer) -> list[int]:
     prompt, answer = pretraining_example(rng)
-    if prompt and rng.random() < 0.2:  # chat form too, so role tokens and the template are trained
+    if rng.random() < 0.2:  # chat form too, so role tokens and the template are trained
         messages = [{"role": "user", "content": prompt.rstrip()}, {"role": "assistant", "content": answer}]
         return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
     return tokenizer(prompt + answer + EOS)["input_ids"]
 
 
-def _packed_batches(tokenizer, rng: random.Random, batch_size: int, seq_len: int):
-    """Endless [batch_size, seq_len] rows of concatenated documents (bos ... eos): no padding wasted."""
+def _batches(tokenizer, rng: random.Random, batch_size: int):
+    """Endless padded batches of whole documents; short unpacked rows make the copy easy to find."""
     import torch
 
-    buf: list[int] = []
     while True:
-        while len(buf) < batch_size * seq_len:
-            buf += _document_ids(rng, tokenizer)
-        rows, buf = buf[:batch_size * seq_len], buf[batch_size * seq_len:]
-        yield torch.tensor(rows).view(batch_size, seq_len)
+        docs = [_document_ids(rng, tokenizer) for _ in range(batch_size)]
+        width = max(map(len, docs))
+        ids = torch.tensor([d + [tokenizer.pad_token_id] * (width - len(d)) for d in docs])
+        mask = torch.tensor([[1] * len(d) + [0] * (width - len(d)) for d in docs])
+        yield ids, mask, ids.masked_fill(mask == 0, -100)
 
 
-def _pretrain(model, tokenizer, log=None) -> None:
+def _pretrain(model, tokenizer, log: Log | None = None) -> None:
     """Train all parameters briefly with a plain causal-LM loss on the generated corpus."""
     import torch
 
     cfg = PRETRAIN
-    batches = _packed_batches(tokenizer, random.Random(cfg["seed"]), cfg["batch_size"], cfg["seq_len"])
+    batches = _batches(tokenizer, random.Random(cfg["seed"]), cfg["batch_size"])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0.01, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg["warmup"]) * max(
-        0.05, 1 - s / cfg["steps"]))
+    def warmup_then_linear_decay(step: int) -> float:
+        return min(1.0, (step + 1) / cfg["warmup"]) * max(0.05, 1 - step / cfg["steps"])
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_then_linear_decay)
     model.train()
     for step in range(cfg["steps"]):
-        ids = next(batches)
-        loss = model(input_ids=ids, labels=ids).loss
+        ids, mask, labels = next(batches)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -127,7 +133,17 @@ def _pretrain(model, tokenizer, log=None) -> None:
     model.eval()
 
 
-def build_model(out_dir: Path, log=None) -> None:
+def _save_tokenizer(tokenizer, out_dir: Path) -> None:
+    """Save with a tokenizer_config.json that transformers 4.x and 5.x, and so mlx_lm, all read."""
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "chat_template.jinja").unlink(missing_ok=True)  # transformers 5 only: keep one copy
+    config_path = out_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config.update(tokenizer_class="PreTrainedTokenizerFast", chat_template=CHAT_TEMPLATE)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def build_model(out_dir: Path, log: Log | None = None) -> None:
     """Build, pretrain and save the tiny Llama and its tokenizer into out_dir (HF format)."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -149,7 +165,7 @@ def build_model(out_dir: Path, log=None) -> None:
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
     model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+    _save_tokenizer(tokenizer, Path(out_dir))
 
 
 def is_complete(model_dir: Path) -> bool:
@@ -173,10 +189,10 @@ def _exclusive(lock_path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def ensure_builtin_model(name: str = "tiny-llama", cache_dir: Path | None = None, log=None) -> Path:
+def ensure_builtin_model(name: str = "tiny-llama", cache_dir: Path | None = None, log: Log | None = None) -> Path:
     """Return the cached model directory for a builtin model, building it first if needed."""
     if name != "tiny-llama":
-        raise ValueError(f"unknown builtin model {name!r}; known: tiny-llama")
+        raise UserError(f"unknown builtin model {name!r}", hint="known: tiny-llama")
     root = Path(cache_dir) if cache_dir is not None else default_cache_root()
     final = root / f"{name}-v{MODEL_VERSION}"
     if is_complete(final):
@@ -190,9 +206,12 @@ def ensure_builtin_model(name: str = "tiny-llama", cache_dir: Path | None = None
         try:
             start = time.perf_counter()
             build_model(tmp, log)
+            seconds = round(time.perf_counter() - start, 1)
+            recipe = dict(name=name, version=MODEL_VERSION, architecture=ARCHITECTURE, pretrain=PRETRAIN)
+            (tmp / MARKER).write_text(json.dumps({**recipe, "build_seconds": seconds}, indent=2) + "\n")
             os.rename(tmp, final)
             if log:
-                log(f"built {final} in {time.perf_counter() - start:.1f}s")
+                log(f"built {final} in {seconds}s")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return final

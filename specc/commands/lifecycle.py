@@ -284,6 +284,13 @@ def calibrate(
                   fmt_duration(o["import_s"] + o["model_load_s"] + o["data_s"]), f"{o['eval_batch_s']:.3f} s",
                   f"{o['checkpoint_s']:.2f} s", _e(e["measured"]["device_text"]))
     out.print(t)
+    for r in results:
+        m = r.entry["measured"]
+        threads, share = m.get("threads"), m.get("cpu_share")
+        if share is not None and threads and str(m.get("device")) == "cpu" and share < 0.75 * threads:
+            out.print(f"[yellow]warning[/]: {_e(r.run)}: the steps got {share:.2f} CPU-seconds per second with {threads} "
+                      "thread(s): the machine is shared, and the wall times measured (and estimated) reflect its load "
+                      "now. Calibrate again when it is as busy as it will be during the run.")
     out.print(f"commit {path}: `specc compile` and `specc plan` use it for runs of these shapes.")
 
 

@@ -1,13 +1,15 @@
 """`specc run`: train one run locally (or inside a SLURM job), resuming from its newest valid checkpoint."""
 from __future__ import annotations
 
+import contextlib
+import signal
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from specc.cli import app, err, fail, out
-from specc.errors import EXIT_FAILED, UserError
+from specc.errors import EXIT_FAILED, EXIT_INTERRUPTED, UserError
 
 
 @app.command()
@@ -38,8 +40,33 @@ def run(
     try:
         cfg = load_run_config(target, run_name)
         opts = RunOptions(backend=backend, resume=resume, extend_steps=extend_steps, init_from=init_from, stage=stage)
-        session = open_session(cfg, opts, err)
+        with _interrupt_during_setup():
+            session = open_session(cfg, opts, err)
         summary = evaluate_control(session) if session.cfg.kind == "control" else train(session)
     except UserError as exc:
         fail(exc)
+    except _SetupInterrupted as exc:
+        err.print(f"{exc.signal_name} while loading the model and data: nothing trained since the last checkpoint, "
+                  "so nothing to save; exiting 75 (safe to requeue)", markup=False)
+        raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(EXIT_CODES.get(summary["status"], EXIT_FAILED))
+
+
+class _SetupInterrupted(Exception):
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+@contextlib.contextmanager
+def _interrupt_during_setup():
+    """Preemption can arrive before the first step; training's own SignalGuard takes over after setup."""
+    def handle(signum, frame):
+        raise _SetupInterrupted(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

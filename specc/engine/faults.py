@@ -10,7 +10,8 @@ action: kill (SIGKILL) or a signal name (term, usr1, int, ...). Points (step = t
   save   inside checkpoint N's write (state and adapter in the temporary directory, no manifest yet)
   final  inside the final adapter/ publish at step N
 
-The variable is read once per process (a forked child reads it again). Unset, a call is one dict lookup.
+The variable is read once per process (a forked child reads it again); unset, a call costs a getpid() and
+a dict lookup.
 """
 from __future__ import annotations
 

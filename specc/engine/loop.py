@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from specc.engine import checkpoint as ckpt
+from specc.engine import distributed as dist
 from specc.engine.faults import fault_point
-from specc.engine.metrics import MetricsLog, Progress
+from specc.engine.metrics import MetricsLog, NullLog, Progress
 from specc.engine.policies import EarlyStopper, MemoryWatch, MovingAverage, SignalGuard, Stop, non_finite
 from specc.engine.session import Session, open_session
 from specc.errors import EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
@@ -29,29 +30,32 @@ class RunOptions:
 def train(s: Session) -> dict:
     """Run optimizer steps until the schedule ends, a policy stops the run, or a signal asks us to."""
     cfg, backend, data, state = s.cfg, s.backend, s.data, s.state
-    accum = cfg.training.grad_accum
+    accum = cfg.training.grad_accum              # micro-batches per step, over all ranks
+    world = dist.world()                         # one process: rank 0 of 1, and every dist call is a no-op
     stopper = EarlyStopper(cfg.training.early_stopping)
     stopper.restore(state.get("early_stopping", {}))
     loss_avg = MovingAverage(50)
     loss_avg.restore(state.get("loss_window", []))
     memory = MemoryWatch()
     progress = Progress(s.total_steps, s.console)
-    metrics = MetricsLog(s.run_dir, resume_step=state["step"] if s.resumed else None)
+    metrics = MetricsLog(s.run_dir, resume_step=state["step"] if s.resumed else None) if world.is_main else NullLog()
     stop: Stop | None = None
     with SignalGuard() as signals:
         try:
             if state["step"] == 0 and state.get("best_val_loss") is None:
                 evaluate(s, metrics, progress)                                   # the base model's val loss
-            while state["step"] < s.total_steps:
+            while state["step"] < s.total_steps and not state.get("stopped"):   # a stopped run stays stopped
                 t0 = time.perf_counter()
                 lr = lr_at(s.schedule, state["step"])
                 batches = [next(s.stream) for _ in range(accum)]
                 n_targets = sum(b.n_target_tokens for b in batches) or 1
                 loss_sum = 0
-                for i, b in enumerate(batches):
+                for i, b in enumerate(batches[world.rank::world.size]):          # this rank's share
                     if i:
                         fault_point("micro", state["step"] + 1)                  # crash tests only
                     loss_sum += backend.forward_backward(b, 1.0 / n_targets)[0]
+                # Every rank sees the step's whole loss, and whether any rank was asked to stop.
+                loss_sum, signalled = dist.all_reduce_sum([loss_sum, float(signals.received is not None)])
                 loss = loss_sum / n_targets
                 if non_finite(loss):                                             # stop before the update
                     backend.zero_grad()
@@ -82,15 +86,22 @@ def train(s: Session) -> dict:
                     evaluate(s, metrics, progress)
                 stop = stopper.after_step(state["step"], loss_avg.value, result.grad_norm)
                 state["early_stopping"], state["loss_window"] = stopper.state(), loss_avg.state()
-                if stop or signals.received or state["step"] % cfg.training.checkpoint_every == 0:
+                if stop:
+                    state["stopped"] = {"status": stop.status, "reason": stop.reason}
+                # Several ranks stop together, on what they agreed on when summing the loss.
+                interrupt = signals.received if not world.active else \
+                    (signals.received or "a signal to another rank") if signalled else None
+                if stop or interrupt or state["step"] % cfg.training.checkpoint_every == 0:
                     save(s, metrics, progress)
                 if stop:
                     break
-                if signals.received and state["step"] < s.total_steps:   # on the last step: just finish
-                    stop = Stop("interrupted", f"{signals.received} received; checkpointed at step {state['step']}")
+                if interrupt and state["step"] < s.total_steps:   # on the last step: just finish
+                    stop = Stop("interrupted", f"{interrupt} received; checkpointed at step {state['step']}")
                     break
         finally:
             progress.close()
+    if stop is None and state.get("stopped"):
+        stop = Stop(**state["stopped"])
     return finish(s, metrics, progress, stop)
 
 
@@ -100,16 +111,19 @@ def evaluate(s: Session, metrics: MetricsLog, progress: Progress) -> float | Non
     if not batches:
         return None
     total = n = 0
-    for b in batches:
+    world = dist.world()
+    for b in batches[world.rank::world.size]:
         loss_sum, count = s.backend.eval_loss(b)
         total, n = total + loss_sum, n + count
+    total, n = dist.all_reduce_sum([total, n])
+    n = int(n)
     val = total / max(n, 1)
     state = s.state
     metrics.write({"step": state["step"], "val_loss": val, "val_tokens": n})
     best = state.get("best_val_loss")
     if best is None or val < best:
         state["best_val_loss"], state["best_step"] = val, state["step"]
-        if state["step"] > 0:
+        if state["step"] > 0 and world.is_main:
             ckpt.write_tree_atomic(s.run_dir / "best", lambda d: (s.export(d, val_loss=val), fault_point("best", state["step"])))
     progress.message(f"eval step {state['step']}: val_loss {val:.4f} (best {state['best_val_loss']:.4f} "
                      f"at step {state['best_step']})")
@@ -120,14 +134,21 @@ def save(s: Session, metrics: MetricsLog, progress: Progress) -> None:
     """Write a checkpoint (the protocol in checkpoint.py) and record how long it took."""
     t0 = time.perf_counter()
     step = s.state["step"]
-    path = ckpt.write_checkpoint(s.run_dir / "checkpoints", step, s.backend.state(), s.trainer_state(),
-                                 write_extra=lambda d: (s.export(d / "adapter"), fault_point("save", step)),
-                                 keep_last=s.cfg.training.keep_last,
-                                 protect={s.state["best_step"]} if s.state.get("best_step") else ())
+    # Data-parallel ranks hold identical weights: rank 0 writes once every rank has finished the step,
+    # and no rank goes on (or exits) before the checkpoint is committed.
+    dist.barrier()
+    main = dist.world().is_main
+    if main:
+        path = ckpt.write_checkpoint(s.run_dir / "checkpoints", step, s.backend.state(), s.trainer_state(),
+                                     write_extra=lambda d: (s.export(d / "adapter"), fault_point("save", step)),
+                                     keep_last=s.cfg.training.keep_last,
+                                     protect={s.state["best_step"]} if s.state.get("best_step") else ())
     seconds = time.perf_counter() - t0
+    dist.barrier()
     s.state["last_ckpt"] = step
     s.state["ckpt_s"] = seconds
-    metrics.event(step, "checkpoint", path=path.name, seconds=round(seconds, 4))
+    if main:
+        metrics.event(step, "checkpoint", path=path.name, seconds=round(seconds, 4))
 
 
 def finish(s: Session, metrics: MetricsLog, progress: Progress, stop: Stop | None) -> dict:
@@ -137,7 +158,9 @@ def finish(s: Session, metrics: MetricsLog, progress: Progress, stop: Stop | Non
     if status in ("completed", "early_stopped"):
         if state["last_ckpt"] != state["step"]:
             save(s, metrics, progress)
-        ckpt.write_tree_atomic(s.run_dir / "adapter", lambda d: (s.export(d), fault_point("final", state["step"])))
+        if dist.world().is_main:
+            ckpt.write_tree_atomic(s.run_dir / "adapter", lambda d: (s.export(d), fault_point("final", state["step"])))
+        dist.barrier()
     metrics.event(state["step"], status, reason=reason)
     metrics.close()
     summary = s.write_summary(status, reason)

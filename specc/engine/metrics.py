@@ -56,6 +56,19 @@ class MetricsLog:
         self._tb.close()
 
 
+class NullLog:
+    """What a data-parallel rank other than 0 logs to: nothing (rank 0 writes metrics.jsonl)."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def event(self, step: int, event: str, **details) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class _TensorBoard:
     """Scalar event files through the tensorboard package alone (no torch or TensorFlow)."""
 

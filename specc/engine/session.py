@@ -19,6 +19,7 @@ from backends import load_backend
 from backends.protocol import Backend, LoraSettings, ModelSettings, OptimizerSettings
 from specc.data.batches import BatchStream
 from specc.engine import checkpoint as ckpt
+from specc.engine import distributed as dist
 from specc.engine.config import RunConfig
 from specc.engine.prepare import PreparedData, prepare_data, resolve_model_path
 from specc.engine.select import choose_backend
@@ -94,6 +95,8 @@ class Session:
             "estimate": self.cfg.raw.get("estimate") or {},
         }
         summary.update({k: v for k, v in state.items() if k.startswith(("val_", "test_"))})
+        if not dist.world().is_main:   # data-parallel: rank 0 writes the run's files
+            return summary
         tmp = self.run_dir / "summary.json.tmp"
         tmp.write_text(json.dumps(_finite(summary), indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, self.run_dir / "summary.json")
@@ -154,6 +157,9 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
         backend = load_backend(name)
     else:
         name, reason = backend.name, "injected"
+    world = dist.init()
+    if world.active:
+        cfg = _data_parallel(cfg, world, name, console)
     console.print(f"specc: {cfg.experiment}/{cfg.run} on backend {name} ({reason})", markup=False)
     model_dir = resolve_model_path(cfg.model.path, log=lambda m: console.print(m, markup=False))
     data = prepare_data(cfg, model_dir)
@@ -162,7 +168,7 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
     source, extend_to, init_from = None, opts.extend_steps, opts.init_from
     ckpt_root = run_dir / "checkpoints"
     if opts.resume == "never":
-        if ckpt_root.is_dir() and ckpt.list_checkpoints(ckpt_root):
+        if world.is_main and ckpt_root.is_dir() and ckpt.list_checkpoints(ckpt_root):
             _archive_run_dir(run_dir, console)
     elif opts.resume == "auto":
         if ckpt_root.is_dir():
@@ -177,10 +183,12 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
     else:
         source = _checkpoint_at(Path(opts.resume))
     run_dir.mkdir(parents=True, exist_ok=True)
-    for published in ("best", "adapter"):   # a crash mid-swap leaves the old copy aside: put it back
-        for w in ckpt.recover_tree(run_dir / published):
-            console.print(f"warning: {w}", markup=False)
-    (run_dir / "config.json").write_text(json.dumps(cfg.raw, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if world.is_main:
+        for published in ("best", "adapter"):   # a crash mid-swap leaves the old copy aside: put it back
+            for w in ckpt.recover_tree(run_dir / published):
+                console.print(f"warning: {w}", markup=False)
+        (run_dir / "config.json").write_text(json.dumps(cfg.raw, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    dist.barrier()   # the other ranks read nothing rank 0 is still moving
 
     backend.setup(
         ModelSettings(path=model_dir, quantization=cfg.model.quantization, dtype=cfg.model.dtype,
@@ -205,6 +213,7 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
             kind = cfg.training.schedule.kind
             schedule = extend(schedule, state["step"], extend_to, decay="linear" if kind == "linear" else "cosine")
             total = extend_to
+            state.pop("stopped", None)   # extending is an explicit request to train on
             console.print(f"extending to {total} steps: lr decays from {schedule.start_lr:.3g} at step {state['step']} "
                           f"to {schedule.min_lr:.3g} (strategy A)", markup=False)
         if state.get("dataset") and state["dataset"] != _data_digest(data):
@@ -221,6 +230,23 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
         stream = BatchStream(data.train_plan)
     state["backend"], state["dataset"] = name, _data_digest(data)
     return Session(cfg, console, run_dir, backend, reason, data, stream, schedule, total, state, resumed)
+
+
+def _data_parallel(cfg: RunConfig, world: dist.World, backend: str, console: Console) -> RunConfig:
+    """Several ranks: grad_accum is per rank, so a step takes grad_accum × ranks micro-batches (rank r every r-th)."""
+    if backend != "torch":
+        raise UserError(f"data-parallel training ({world.size} ranks) needs the torch backend, not {backend}")
+    if not world.is_main:
+        console.quiet = True   # rank 0 reports
+    t = cfg.training
+    training = t.model_copy(update={"grad_accum": t.grad_accum * world.size})
+    # The planner counted an epoch-based run's steps for one rank: recount with the global batch. (A test
+    # stage's count is its max_steps, which the planner keeps below the full run's.)
+    planned = cfg.raw.get("training", {}).get("total_steps")
+    total = None if t.max_steps is None and cfg.total_steps == planned else cfg.total_steps
+    console.print(f"data parallel: rank {world.rank} of {world.size}; {t.grad_accum} micro-batch(es) per rank, "
+                  f"{training.grad_accum} per step", markup=False)
+    return replace(cfg, training=training, total_steps=total)
 
 
 def _schedule(cfg: RunConfig, total: int) -> ScheduleSpec | None:

@@ -60,6 +60,7 @@ class _Timed:
         self.counts: dict[str, int] = {}
         self.marks: list[tuple[str, float]] = []   # ("fb", start) / ("opt", end), in order
         self.fixed_mb: float | None = None
+        self.cpu_marks: list[float] = []            # process CPU time at each optimizer update
 
     def __getattr__(self, attr):
         return getattr(self._inner, attr)
@@ -86,6 +87,7 @@ class _Timed:
     def optimizer_step(self, lr):
         result = self._inner.optimizer_step(lr)
         self.marks.append(("opt", time.perf_counter()))
+        self.cpu_marks.append(time.process_time())
         return result
 
     def eval_loss(self, batch):
@@ -242,6 +244,9 @@ def calibrate_run(run, *, steps: int = 20, warmup: int = 3, backend_name: str | 
     fb = [t for kind, t in backend.marks if kind == "fb"][::accum]
     opt = [t for kind, t in backend.marks if kind == "opt"]
     cycles = [opt[i + 1] - opt[i] for i in range(warmup, len(opt) - 1)]
+    cpu = backend.cpu_marks
+    # CPU seconds per wall second over the measured cycles: ~threads on an idle machine, less when shared.
+    cpu_share = (cpu[-1] - cpu[warmup]) / (opt[-1] - opt[warmup]) if len(opt) > warmup + 1 and opt[-1] > opt[warmup] else None
     step_overhead = max(0.0, statistics.fmean(cycles) - statistics.fmean(r["step_s"] for r in step_records[warmup + 1:])) \
         if cycles else 0.0
     # Around the steps: start of train() to the first step (minus the step-0 evaluation), and the last
@@ -261,6 +266,7 @@ def calibrate_run(run, *, steps: int = 20, warmup: int = 3, backend_name: str | 
             "params_total": describe.get("params_total"), "specc_version": __version__, "steps": steps,
             "warmup_steps": warmup, "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
             "from_run": f"{run.experiment}/{run.name}", "threads": _threads(name),
+            "cpu_share": round(cpu_share, 3) if cpu_share is not None else None,
         },
         "throughput": {"tokens_per_s": tokens_per_s, "step_s": step_s,
                        "step_s_stdev": statistics.pstdev(step_times) if len(step_times) > 1 else 0.0,

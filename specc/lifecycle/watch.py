@@ -76,15 +76,20 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
-def find_log(run_dir: Path) -> Path | None:
-    """The newest SLURM log of this run in runs/<exp>/logs/ (<run>-<jobid>.out or an array task's)."""
+def find_log(run_dir: Path, index: int | None = None) -> Path | None:
+    """The newest SLURM log of this run in runs/<exp>/logs/: <run>-<jobid>.out, <run>.test-<jobid>.out, or
+    a sweep array task's <exp>[.test]-<jobid>_<index>.out (index: config.json's `index`)."""
     logs = run_dir.parent / "logs"
     if not logs.is_dir():
         return None
-    name = run_dir.name
-    candidates = [p for p in logs.glob("*.out") if p.name.startswith(f"{name}-") or p.name.startswith(f"{name}.")]
-    if name.endswith(".test"):
-        candidates = [p for p in logs.glob("*.out") if p.name.startswith(name)]
+    name, exp = run_dir.name, run_dir.parent.name
+    test = name.endswith(".test")
+    base = name.removesuffix(".test")
+    candidates = [p for p in logs.glob("*.out")
+                  if p.name.startswith(f"{base}.test-" if test else f"{base}-")]
+    if not candidates and index is not None:
+        prefix = f"{exp}.test-" if test else f"{exp}-"
+        candidates = [p for p in logs.glob(f"*_{index}.out") if p.name.startswith(prefix)]
     if not candidates:
         return None
     return max(candidates, key=lambda p: p.stat().st_mtime)
@@ -139,7 +144,7 @@ def snapshot(run_dir: Path, now: float | None = None) -> Snapshot:
                     int(step or 0), total, elapsed, (now - beat) if beat else None, eta, limit, loss_avg,
                     vals[-1].get("val_loss") if vals else None, (summary or {}).get("best_val_loss") or
                     (min((v["val_loss"] for v in vals if isinstance(v.get("val_loss"), (int, float))), default=None)),
-                    tps, mem, log=find_log(run_dir))
+                    tps, mem, log=find_log(run_dir, config.get("index")))
     snap.flags = _flags(snap, config, summary, records, steps, now)
     return snap
 
@@ -204,15 +209,17 @@ def _flags(s: Snapshot, config: dict, summary: dict | None, records: list[dict],
                                                          f"{m1:.0f} MB): a leak will OOM a longer run"))
     if summary is None and s.eta_s is not None and s.elapsed_s is not None:
         est = (config.get("estimate") or {})
-        margin = (est.get("margin_hours") or 0.0) * 3600
-        window = (est.get("window_hours") or 0) * 3600 or s.limit_s
-        if window:
-            finish = s.elapsed_s + s.eta_s
-            if finish > window - margin:
-                flags.append(Flag("window", INVESTIGATE,
-                                  f"behind its window: {fmt_duration(s.elapsed_s)} elapsed + {fmt_duration(s.eta_s)} to go "
-                                  f"= {fmt_duration(finish)} > {fmt_duration(window - margin)} (window − margin). It "
-                                  "will checkpoint at the time limit and must be resumed (requeue) — or cut steps"))
+        if est.get("window_hours"):   # the seeds' window, less the margin held back for the final checkpoint
+            budget = (est["window_hours"] - (est.get("margin_hours") or 0.0)) * 3600
+            what = "window − margin"
+        else:
+            budget, what = s.limit_s, "time limit"
+        finish = s.elapsed_s + s.eta_s
+        if budget and finish > budget:
+            flags.append(Flag("window", INVESTIGATE,
+                              f"behind its window: {fmt_duration(s.elapsed_s)} elapsed + {fmt_duration(s.eta_s)} to go "
+                              f"= {fmt_duration(finish)} > {fmt_duration(budget)} ({what}). It will checkpoint at the "
+                              "time limit and must be resumed (requeue) — or cut steps"))
     if summary is not None and summary.get("status") in ("completed", "early_stopped") and not flags:
         return []
     if summary is not None and summary.get("status") == "failed":

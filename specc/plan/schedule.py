@@ -53,6 +53,15 @@ class ScheduleSpec:
 _FIELDS = tuple(f.name for f in fields(ScheduleSpec))
 
 
+def _decay(kind: str, hi: float, lo: float, p: float) -> float:
+    """From hi (p=0) to lo (p=1); both ends exact, so a continuation starts on the very same rate."""
+    if p <= 0.0:
+        return hi
+    if p >= 1.0:
+        return lo
+    return lo + (hi - lo) * _shape(kind, p)
+
+
 def _shape(kind: str, p: float) -> float:
     """Decay factor from 1 (p=0) to 0 (p=1)."""
     if kind == "cosine":
@@ -72,7 +81,7 @@ def lr(spec: ScheduleSpec, step: int) -> float:
         span = last - spec.start_step
         p = 1.0 if span == 0 else (step - spec.start_step) / span
         kind = "linear" if spec.kind == "linear" else "cosine"
-        return lo + (spec.start_lr - lo) * _shape(kind, p)
+        return _decay(kind, spec.start_lr, lo, p)
     if step < spec.warmup_steps:
         return spec.peak_lr * (step + 1) / (spec.warmup_steps + 1)
     if spec.kind == "constant":
@@ -86,9 +95,9 @@ def lr(spec: ScheduleSpec, step: int) -> float:
         if step <= decay_start:
             return spec.peak_lr
         p = (step - decay_start) / max(1, last - decay_start)
-        return lo + (spec.peak_lr - lo) * (1.0 - p)
+        return _decay("linear", spec.peak_lr, lo, p)
     p = (step - spec.warmup_steps) / span
-    return lo + (spec.peak_lr - lo) * _shape(spec.kind, p)
+    return _decay(spec.kind, spec.peak_lr, lo, p)
 
 
 def extend(spec: ScheduleSpec, at_step: int, new_total: int, decay: Kind | None = None) -> ScheduleSpec:

@@ -239,7 +239,7 @@ def candidates(run: RunPlan, stage: str | None, catalog: Catalog) -> tuple[list[
         order = sorted(names, key=lambda n: (cluster.partitions[n].starts_fast, -gpu_mem(n),
                                              -cluster.partitions[n].gpus_per_node, -cluster.partitions[n].max_seconds,
                                              names.index(n)))
-        why = "full runs prefer the largest GPUs"
+        why = "full runs prefer the largest GPUs, then the longest limit"
     return [(res.cluster, n, spec.resources.qos) for n in order], why
 
 

@@ -79,6 +79,11 @@ def _call(call: dict) -> int:
 
 def serve(preload: list[str]) -> None:
     for name in preload:
+        if name.startswith("@tokenizer="):   # load a tokenizer once: it pulls in most of transformers
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(name.partition("=")[2], local_files_only=True)
+            continue
         try:
             importlib.import_module(name.lstrip("?"))
         except Exception:

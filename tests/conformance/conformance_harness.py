@@ -30,23 +30,11 @@ THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THRE
               "TRANSFORMERS_VERBOSITY": "error", "PYTHONUNBUFFERED": "1"}
 
 
-def _load(name: str):
-    """A helper module of this directory, by path (tests/ has no __init__.py files)."""
-    spec = importlib.util.spec_from_file_location(f"_specc_conformance_{name}", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _tiny_model_module():
     spec = importlib.util.spec_from_file_location("_specc_tiny_model", REPO / "tests" / "backends" / "tiny_model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-faulty = _load("_faulty")
 
 
 # ---------------------------------------------------------------------------------------- backends
@@ -259,9 +247,9 @@ EXTRA_PRELOAD = {
 }
 
 
-def _preload(backend: str) -> list[str]:
+def _preload(backend: str, model_dir: Path) -> list[str]:
     """Modules the fork server imports: all of specc (so every child of a session runs the same code), the
-    backend and its packages. A name prefixed with '?' may fail to import."""
+    backend and its packages. A name prefixed with '?' may fail to import; '@tokenizer=DIR' loads one."""
     import pkgutil
 
     import specc
@@ -270,7 +258,8 @@ def _preload(backend: str) -> list[str]:
     ours = ["?" + m.name for m in pkgutil.walk_packages(specc.__path__, "specc.")]
     return ["specc.cli", "specc.commands.run", "specc.engine.loop", "specc.engine.session", *ours,
             "safetensors.numpy", "transformers", "tokenizers", "_faulty", "_inproc", info.target.partition(":")[0],
-            *[m for m in info.modules if m != "bitsandbytes"], *EXTRA_PRELOAD.get(backend, [])]
+            *[m for m in info.modules if m != "bitsandbytes"], *EXTRA_PRELOAD.get(backend, []),
+            f"@tokenizer={model_dir}"]
 
 
 # --------------------------------------------------------------------------------------- workspace

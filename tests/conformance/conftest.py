@@ -13,6 +13,10 @@ instead (slower; the same tests).
 Every run uses one thread (OMP_NUM_THREADS=1): the suite runs on small shared machines, where a
 contended thread pool makes a tiny model 50x slower; bit-exactness is always between runs under the
 same settings.
+
+Knobs: SPECC_CONFORMANCE_SEED replays the kill test's random draw (printed with -s or on failure),
+SPECC_CONFORMANCE_KILLS sets its number of kills (default 22), SPECC_CONFORMANCE_TIMEOUT the limit
+for one run in seconds (default 300).
 """
 from __future__ import annotations
 
@@ -65,7 +69,7 @@ def dataset_dir(tmp_path_factory) -> Path:
 # ----------------------------------------------------------------------------------------- runners
 
 @pytest.fixture(scope="session")
-def _runners(tmp_path_factory):
+def _runners(tmp_path_factory, tiny_model_dir):
     made: dict[str, object] = {}
 
     def get(backend: str):
@@ -74,7 +78,7 @@ def _runners(tmp_path_factory):
                 made[backend] = SubprocessRunner()
             else:
                 log = tmp_path_factory.mktemp("forkserver") / f"{backend}.log"
-                made[backend] = ForkServer(_preload(backend), base_env(), log)
+                made[backend] = ForkServer(_preload(backend, tiny_model_dir), base_env(), log)
         return made[backend]
 
     yield get
@@ -108,18 +112,3 @@ def reference(backend, _runners, tiny_model_dir, dataset_dir, tmp_path_factory, 
     ref = _reference_cache[backend]
     assert ref.rc == 0, f"the reference run failed (rc {ref.rc}):\n{ref.stderr[-4000:]}"
     return ref
-
-
-
-@pytest.fixture
-def single_thread(backend):
-    """In-process runs: torch on one thread, as in every forked run (see the module docstring)."""
-    torch = None
-    if backend == "torch":
-        import torch
-    old = torch.get_num_threads() if torch else None
-    if torch:
-        torch.set_num_threads(1)
-    yield
-    if torch and old:
-        torch.set_num_threads(old)

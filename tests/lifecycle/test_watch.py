@@ -96,3 +96,17 @@ def _cli(*args):
 
     _register_optional()
     return CliRunner().invoke(app, list(args))
+
+
+def test_sweep_array_task_log(in_tmp):
+    d = write_run(in_tmp / "runs", "e", "r16", config={"index": 3}, records=step_records(10))
+    logs = in_tmp / "runs" / "e" / "logs"
+    logs.mkdir()
+    (logs / "e-999_2.out").write_text("other task\n")
+    (logs / "e-999_3.out").write_text("slurmstepd: error: *** JOB 999 ON n1 CANCELLED AT 2025-01-01T00:00:00 ***\n")
+    old = time.time() - 3600
+    os.utime(d / "metrics.jsonl", (old, old))
+    s = snapshot(d)
+    assert s.log.name == "e-999_3.out"
+    (flag,) = s.flags
+    assert flag.kind == "killed" and "CANCELLED" in flag.message
