@@ -292,6 +292,11 @@ def test_plateau_policy_stops_after_patience_checks(workspace):
     # check at step 2 sets the best; the check at step 4 fails to beat it by min_delta: patience 1 is used up
     assert s["status"] == "early_stopped" and s["steps"] == 4, s
     assert "plateau" in s["stop_reason"], s["stop_reason"]
+    # Running it again (as a requeued job would) resumes into the stop, not past it.
+    r = ws.specc(spec)
+    assert r.rc == 0, r.stderr[-3000:]
+    again = json.loads((ws.run_dir() / "summary.json").read_text())
+    assert again["status"] == "early_stopped" and again["steps"] == 4, again
 
 
 # ------------------------------------------------------------------------- 6. extend and init-from
