@@ -16,7 +16,7 @@ from typing import Callable
 from specc.errors import UserError
 
 # Bump when the generated text changes, so stale caches are not reused.
-DATA_VERSION = 1
+DATA_VERSION = 2
 SPLITS = ("train", "valid", "test")
 
 # The builtin model is pretrained on these words (see docs/quickstart-model.md).
@@ -101,9 +101,9 @@ def resolve_builtin_data(uri: str, cache_dir: Path, seed: int = 0) -> dict[str, 
     _lookup(name)
     final = Path(cache_dir) / f"{name}-v{DATA_VERSION}-seed{seed}"
     paths = {split: final / f"{split}.jsonl" for split in SPLITS}
-    if all(p.is_file() for p in paths.values()):
+    if all(p.is_file() for p in paths.values()) and _first_line(paths["train"]) == _first_example(name, seed):
         return paths
-    if final.exists():  # damaged (renames are atomic, so someone deleted files): regenerate
+    if final.exists():  # damaged, or written by an older generator: regenerate
         shutil.rmtree(final, ignore_errors=True)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
@@ -116,3 +116,14 @@ def resolve_builtin_data(uri: str, cache_dir: Path, seed: int = 0) -> dict[str, 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return paths
+
+
+def _first_example(name: str, seed: int) -> str:
+    """The first train line this generator writes now: a stale cache (a forgotten version bump) won't match it."""
+    spec = _lookup(name)
+    return json.dumps(spec.make_example(random.Random(f"{name}:{seed}"), SPLITS[0]), sort_keys=True)
+
+
+def _first_line(path: Path) -> str:
+    with open(path, encoding="utf-8") as fh:
+        return fh.readline().rstrip("\n")

@@ -64,7 +64,9 @@ def plan(
     # Model check.
     models, analyses, facts = {}, {}, {}
     if data:
-        from specc.lifecycle.analysis import analyze_data, check_model, facts_from_analysis
+        from specc.lifecycle.analysis import analyze_data, check_model, clear_caches, facts_from_analysis
+
+        clear_caches()
 
         for run in p.runs:
             path = run.config["model"]["path"]

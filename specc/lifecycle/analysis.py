@@ -97,14 +97,36 @@ def analyze_data(config: dict, model_dir: Path) -> DataAnalysis:
     key = (str(model_dir), d.get("train"), d.get("valid"), d.get("test"), d["format"], d["max_length"], d.get("stride"),
            d.get("packing", True), t["batch_size"], t["grad_accum"], t.get("max_steps"), t.get("epochs"),
            t.get("seed"), t.get("eval_batches"))
+    if key not in _ANALYSED:   # a sweep's runs mostly share their data and batching
+        _ANALYSED[key] = _analyze(config, model_dir, key)
+    return _ANALYSED[key]
+
+
+_ANALYSED: dict = {}
+
+
+def clear_caches() -> None:
+    """Forget tokenized data (one `specc plan` reuses it across a sweep's runs; the next one starts afresh)."""
+    _ANALYSED.clear()
+    _TOKENIZED.clear()
+
+
+def _analyze(config: dict, model_dir: Path, key: tuple) -> DataAnalysis:
+    from specc.data.batches import BatchPlan, eval_batches
+    from specc.data.jsonl import load_dataset
+    from specc.data.tokenize import pad_token_id, tokenize_split
+    from specc.engine.prepare import load_tokenizer
+
+    d, t = config["data"], config["training"]
     try:
         paths = _data_paths(config)
         missing = [f"{s}: {p}" for s, p in paths.items() if p is not None and not Path(p).is_file()]
         if missing:
             return DataAnalysis(key, [], {}, None, None, None, None, None, "", None, None, None, [],
                                 problem="not on this machine: " + "; ".join(missing))
-        tok_key = (str(model_dir), tuple(sorted((k, str(v)) for k, v in paths.items())), d["format"], d["max_length"],
-                   d.get("stride"))
+        stats = tuple(sorted((k, str(v), Path(v).stat().st_mtime_ns, Path(v).stat().st_size)
+                             for k, v in paths.items() if v is not None))
+        tok_key = (str(model_dir), stats, d["format"], d["max_length"], d.get("stride"))
         if tok_key not in _TOKENIZED:
             tokenizer = load_tokenizer(model_dir)
             examples, dataset = load_dataset(paths, d["format"])

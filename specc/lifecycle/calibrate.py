@@ -317,5 +317,9 @@ def calibrate_plan(plan, *, steps: int = 20, warmup: int = 3, backend: str | Non
     cal = open_calibration(target, directory)
     for res in results:
         cal.entries[res.shape_key] = res.entry
+        # Accuracy records judged the old figures: a new calibration starts its own.
+        stale = [r for r in cal.accuracy.get(res.shape_key, []) if r.get("source") == "calibration"]
+        if stale:
+            cal.accuracy[res.shape_key] = [r for r in cal.accuracy[res.shape_key] if r not in stale]
     cal.save()
     return cal.path, results

@@ -228,7 +228,7 @@ def _from_calibration(config: dict, entry: dict, facts: RunFacts, cal: Calibrati
     parts["startup (before wall_s)"] = setup
     correction, n = cal.correction(base["shape_key"], "calibration")
     if correction:
-        notes.append(f"corrected by the median time accuracy of {n} earlier run(s) of this shape ({correction:.2f})")
+        source_text += f"; corrected by the median time accuracy of {n} earlier run(s) of this shape ({correction:.2f})"
     peak = mem.get("peak_mb")
     return Estimate(**{**base, "steps": steps, "tokens": tokens}, source="calibration", source_text=source_text,
                     tokens_per_s=tokens_per_s, train_s=train_s, overhead_s=overhead, setup_s=setup,

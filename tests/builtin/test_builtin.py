@@ -250,3 +250,12 @@ def test_mlx_lm_loads_it(model_dir):
     assert tokenizer.eos_token_id == 2
     text = mlx_lm.generate(model, tokenizer, prompt=tokenizer.encode("Repeat:\nriver\n"), max_tokens=5)
     assert text == "river"
+
+
+def test_a_cache_written_by_an_older_generator_is_regenerated(tmp_path):
+    """A generator change without a version bump must not serve stale examples (it once did)."""
+    paths = resolve_builtin_data("builtin:capitalization", tmp_path)
+    fresh = paths["train"].read_text()
+    paths["train"].write_text('{"completion": "Old Style", "prompt": "Capitalize: old style\\n"}\n')
+    again = resolve_builtin_data("builtin:capitalization", tmp_path)
+    assert again["train"].read_text() == fresh
