@@ -102,8 +102,11 @@ def same_tensors(a: Path, b: Path) -> tuple[bool, str]:
 # ------------------------------------------------------------------------------------------ plan
 def plan_points(rng: random.Random, n: int, steps: int, best_steps: list[int]) -> list[dict]:
     """n kill points with strictly increasing steps, at least 3 apart (a timer kill may overrun a step)."""
-    quota = {"best": min(4, len(best_steps)), "save": 12, "micro": 8, "timer-save": 5, "timer-step": 8}
-    quota["step"] = n - 1 - sum(quota.values())
+    # for n = 50: best 4, save 12, micro 8, timer-save 5, timer-step 8, step 12, final 1
+    share = {"best": 4, "save": 12, "micro": 8, "timer-save": 5, "timer-step": 8}
+    quota = {k: round(v * (n - 1) / 49) for k, v in share.items()}
+    quota["best"] = min(quota["best"], len(best_steps))
+    quota["step"] = max(0, n - 1 - sum(quota.values()))
     ckpt_steps = [s for s in range(CKPT_EVERY, steps, CKPT_EVERY)]
     pools = {
         "best": best_steps,
@@ -288,8 +291,9 @@ def main() -> None:
     checks[f"last checkpoint state (adapter, AdamW, RNG) bit-identical ({why})"] = ok
     n_pass = sum(r["pass"] for r in results)
     print()
-    print(f"kill points: {n_pass}/{len(results)} passed "
-          f"({', '.join(f'{k} {sum(r['kind'] == k for r in results)}' for k in ('step', 'micro', 'save', 'best', 'final', 'timer-step', 'timer-save'))}); "
+    kinds = ("step", "micro", "save", "best", "final", "timer-step", "timer-save")
+    by_kind = ", ".join(f"{k} {sum(r['kind'] == k for r in results)}" for k in kinds)
+    print(f"kill points: {n_pass}/{len(results)} passed ({by_kind}); "
           f"restarts recorded in summary: {summary.get('restarts')}")
     for label, ok in checks.items():
         print(f"  {'PASS' if ok else 'FAIL'}  {label}")

@@ -91,10 +91,10 @@ def test_invalid_spec_leaves_existing_files_alone(tmp_path, monkeypatch, capsys)
     plan = out / "quickstart" / "plan.md"
     plan.write_text(plan.read_text() + "\nedited\n")
     before = tree(out)
-    good.write_text(good.read_text().replace("max_steps: 300", "max_steps: 10"))   # now warmup (20) ≥ total steps
+    good.write_text(good.read_text().replace("max_steps: 200", "max_steps: 5"))   # now warmup (10) ≥ total steps
     capsys.readouterr()
     assert specc_in_process("compile", str(good), "--out", str(out)) == 1
-    assert "warmup_steps (20) must be < total steps (10" in capsys.readouterr().err
+    assert "warmup_steps (10) must be < total steps (5" in capsys.readouterr().err
     assert tree(out) == before, "existing files must stay unchanged"
 
 

@@ -103,7 +103,7 @@ def test_no_timestamps_in_artifacts(in_repo):
 def test_config_json_is_the_fully_resolved_trainer_config(in_repo):
     config = json.loads(render(Path("specs/quickstart.yaml"))["main/config.json"])
     assert config["source"] == "specs/quickstart.yaml" and config["output_dir"] == "runs/quickstart/main"
-    assert config["training"]["total_steps"] == 300 and config["schedule"]["total_steps"] == 300
+    assert config["training"]["total_steps"] == 200 and config["schedule"]["total_steps"] == 200
     assert config["data"]["max_length"] == 128 and config["model"]["lora"]["rank"] == 8
     # Defaults the spec left out are written out in full.
     assert config["training"]["early_stopping"]["grad_spike_patience"] == 3 and config["model"]["dtype"] == "auto"
