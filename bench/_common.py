@@ -127,3 +127,19 @@ def write_spec(path: Path, *, experiment: str, model_dir: Path, data: dict[str, 
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def docs_per_batch(model_dir: Path, train: Path, batch_size: int, max_length: int, packing: bool = True) -> float:
+    """Mean number of examples in one of specc's training batches (epoch 0), from specc's own BatchPlan:
+    what a padding-only trainer needs as its batch size to see as many examples per step."""
+    from specc.data.batches import BatchPlan
+    from specc.data.jsonl import load_dataset
+    from specc.data.tokenize import pad_token_id, tokenize_split
+    from specc.engine.prepare import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    examples, _ = load_dataset({"train": train, "valid": None, "test": None}, "prompt_completion")
+    seqs, _ = tokenize_split(tok, examples["train"], "prompt_completion", max_length, None)
+    plan = BatchPlan(seqs, batch_size=batch_size, max_length=max_length, packing=packing, pad_id=pad_token_id(tok), seed=0)
+    rows = plan.rows(0)
+    return len(seqs) / plan.batches_per_epoch(0) if rows else 0.0

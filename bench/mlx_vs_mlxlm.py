@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (PYTHON, SPECC, builtin_paths, load_str, machine, median, read_json, run_child, tail,  # noqa: E402
-                     thread_env, write_spec)
+from _common import (PYTHON, SPECC, builtin_paths, docs_per_batch, load_str, machine, median, read_json,  # noqa: E402
+                     run_child, tail, thread_env, write_spec)
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MLX_KEYS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -125,7 +125,9 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--alpha", type=float, default=16.0)
     ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--no-warmup-pair", action="store_true", help="skip the untimed first pair")
+    ap.add_argument("--no-warmup-pair", action="store_true", help="skip the untimed first round")
+    ap.add_argument("--no-equal-examples", action="store_true",
+                    help="skip the third contender: mlx_lm with as many examples per step as a packed specc batch")
     ap.add_argument("--keep", type=Path, help="keep the work directory here")
     ap.add_argument("--child", choices=["mlxlm"], help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
@@ -142,11 +144,16 @@ def main() -> None:
     m = machine()
     print(f"# {m['cpu']}, {m['cores']} cores, OMP/BLAS threads {args.threads}; {args.steps} steps, batch "
           f"{args.batch_size}, max_length {args.max_length}; work dir {root}")
-    print(f"{'rep':>3} {'who':7} {'tokens':>7} {'train_s':>8} {'tok/s':>8} {'tok/step':>8} {'wall_s':>7}  notes")
-    res: dict[str, list[dict]] = {"specc": [], "mlx_lm": []}
+    eq_bs = round(docs_per_batch(model_dir, data["train"], args.batch_size, args.max_length))
+    who_all = ["specc", "mlx_lm"] + ([] if args.no_equal_examples else ["mlx_lm-eq"])
+    print(f"# mlx_lm batch size {args.batch_size} (same rows as specc); mlx_lm-eq: batch size {eq_bs} = the mean number "
+          f"of examples in one of specc's packed batches")
+    print(f"{'rep':>3} {'who':9} {'tokens':>7} {'train_s':>8} {'tok/s':>8} {'tok/step':>8} {'wall_s':>7}  notes")
+    res: dict[str, list[dict]] = {w: [] for w in who_all}
     reps = [-1] * (not args.no_warmup_pair) + list(range(args.reps))
     for rep in reps:
-        order = ("specc", "mlx_lm") if rep % 2 == 0 else ("mlx_lm", "specc")
+        k = max(rep, 0) % len(who_all)
+        order = who_all[k:] + who_all[:k]   # rotate who goes first
         for who in order:
             work = root / f"{who}-{rep if rep >= 0 else 'warm'}"
             work.mkdir(parents=True, exist_ok=True)
@@ -165,8 +172,9 @@ def main() -> None:
                      "note": f"backend {s['backend']}, packing eff. {s['data'].get('packing_efficiency') or 0:.2f}"}
             else:
                 cfg = mlxlm_config(work / "config.yaml", model_dir=model_dir, data_dir=data_dir, adapters=work / "adapters",
-                                   steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                                   rank=args.rank, alpha=args.alpha, layers=layers, max_length=args.max_length)
+                                   steps=args.steps, batch_size=args.batch_size if who == "mlx_lm" else eq_bs,
+                                   lr=args.lr, warmup=args.warmup, rank=args.rank, alpha=args.alpha, layers=layers,
+                                   max_length=args.max_length)
                 out = work / "mlxlm.json"
                 rc, wall = run_child([PYTHON, str(Path(__file__).resolve()), "--child", "mlxlm", "--config", str(cfg),
                                       "--out", str(out)], work, env, work / "log.txt")
@@ -178,20 +186,21 @@ def main() -> None:
             r["tok_s"] = r["tokens"] / r["train_s"]
             if rep >= 0:
                 res[who].append(r)
-            print(f"{rep if rep >= 0 else 'w':>3} {who:7} {r['tokens']:>7} {r['train_s']:>8.2f} {r['tok_s']:>8.1f} "
+            print(f"{rep if rep >= 0 else 'w':>3} {who:9} {r['tokens']:>7} {r['train_s']:>8.2f} {r['tok_s']:>8.1f} "
                   f"{r['tokens'] / args.steps:>8.1f} {r['wall_s']:>7.1f}  {r['note']}; load {load_str()}", flush=True)
     s_tps = median(r["tok_s"] for r in res["specc"])
-    m_tps = median(r["tok_s"] for r in res["mlx_lm"])
-    ratios = [a["tok_s"] / b["tok_s"] for a, b in zip(res["specc"], res["mlx_lm"])]
     print()
-    print("| contender | median tokens/s | median s/step | tokens/step |")
-    print("|---|---|---|---|")
-    for who, tps in (("specc run --backend mlx", s_tps), ("mlx_lm lora", m_tps)):
-        key = "specc" if who.startswith("specc") else "mlx_lm"
-        print(f"| {who} | {tps:.1f} | {median(r['train_s'] for r in res[key]) / args.steps * 1e3:.0f} ms | "
-              f"{median(r['tokens'] for r in res[key]) / args.steps:.0f} |")
-    print(f"\nratio specc/mlx_lm tokens/s: {s_tps / m_tps:.2f}x (ratio of medians); per pair "
-          + ", ".join(f"{x:.2f}" for x in ratios) + "; target >= 1.2x")
+    print("| contender | median tokens/s | median time/step | tokens/step | specc ÷ this (median; per rep) |")
+    print("|---|---|---|---|---|")
+    labels = {"specc": f"specc run --backend mlx, batch {args.batch_size}", "mlx_lm": f"mlx_lm lora, batch {args.batch_size}",
+              "mlx_lm-eq": f"mlx_lm lora, batch {eq_bs}"}
+    for who in who_all:
+        rs = res[who]
+        tps = median(r["tok_s"] for r in rs)
+        pairs = ", ".join(f"{a['tok_s'] / b['tok_s']:.2f}" for a, b in zip(res["specc"], rs))
+        print(f"| {labels[who]} | {tps:.1f} | {median(r['train_s'] for r in rs) / args.steps * 1e3:.0f} ms | "
+              f"{median(r['tokens'] for r in rs) / args.steps:.0f} | {s_tps / tps:.2f}x; {pairs} |")
+    print("\ntarget: specc ÷ mlx_lm (same batch size) >= 1.2x")
     (root / "results.json").write_text(json.dumps(res, indent=2))
 
 

@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (PYTHON, SPECC, builtin_paths, load_str, machine, median, read_json, run_child, tail,  # noqa: E402
-                     thread_env, write_spec)
+from _common import (PYTHON, SPECC, builtin_paths, docs_per_batch, load_str, machine, median, read_json,  # noqa: E402
+                     run_child, tail, thread_env, write_spec)
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -128,11 +128,11 @@ def run_specc(work: Path, spec: Path, threads: int, log: Path) -> dict:
             "packing_efficiency": summary["data"].get("packing_efficiency")}
 
 
-def run_trainer(work: Path, args, model_dir: Path, train: Path, log: Path) -> dict:
+def run_trainer(work: Path, args, model_dir: Path, train: Path, log: Path, batch_size: int) -> dict:
     out = work / "trainer.json"
     cmd = [PYTHON, str(Path(__file__).resolve()), "--child", "trainer", "--model", str(model_dir), "--train", str(train),
            "--out", str(out), "--steps", str(args.steps), "--threads", str(args.threads),
-           "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup", str(args.warmup),
+           "--batch-size", str(batch_size), "--lr", str(args.lr), "--warmup", str(args.warmup),
            "--rank", str(args.rank), "--alpha", str(args.alpha), "--max-length", str(args.max_length)]
     rc, wall = run_child(cmd, work, thread_env(args.threads), log)
     if rc != 0:
@@ -152,6 +152,8 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=16.0)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--no-packing", action="store_true", help="specc without packing (padding to the longest row)")
+    ap.add_argument("--no-equal-examples", action="store_true",
+                    help="skip the third contender: Trainer with as many examples per step as a packed specc batch")
     ap.add_argument("--keep", type=Path, help="keep the work directory here")
     ap.add_argument("--child", choices=["trainer"], help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -168,10 +170,15 @@ def main() -> None:
     print(f"# {m['cpu']}, {m['cores']} cores, threads per contender {args.threads}; "
           f"{args.steps} steps, batch {args.batch_size}, max_length {args.max_length}, "
           f"specc packing {not args.no_packing}; work dir {root}")
-    print(f"{'rep':>3} {'who':8} {'tokens':>8} {'train_s':>8} {'tok/s':>9} {'tok/step':>8} {'wall_s':>7}  load")
-    res: dict[str, list[dict]] = {"specc": [], "trainer": []}
+    eq_bs = round(docs_per_batch(model_dir, data["train"], args.batch_size, args.max_length, not args.no_packing))
+    who_all = ["specc", "trainer"] + ([] if args.no_equal_examples else ["trainer-eq"])
+    print(f"# Trainer batch size {args.batch_size} (same rows as specc); trainer-eq: batch size {eq_bs} = the mean "
+          f"number of examples in one of specc's packed batches")
+    print(f"{'rep':>3} {'who':10} {'tokens':>8} {'train_s':>8} {'tok/s':>9} {'tok/step':>8} {'wall_s':>7}  load")
+    res: dict[str, list[dict]] = {w: [] for w in who_all}
     for rep in range(args.reps):
-        order = ("specc", "trainer") if rep % 2 == 0 else ("trainer", "specc")
+        k = rep % len(who_all)
+        order = who_all[k:] + who_all[:k]   # rotate who goes first
         for who in order:
             work = root / f"{who}-{rep}"
             work.mkdir(parents=True, exist_ok=True)
@@ -182,27 +189,32 @@ def main() -> None:
                                   packing=not args.no_packing)
                 r = run_specc(work, spec, args.threads, work / "log.txt")
             else:
-                r = run_trainer(work, args, model_dir, data["train"], work / "log.txt")
+                r = run_trainer(work, args, model_dir, data["train"], work / "log.txt",
+                                args.batch_size if who == "trainer" else eq_bs)
             r["tok_s"] = r["tokens"] / r["train_s"]
             res[who].append(r)
-            print(f"{rep:>3} {who:8} {r['tokens']:>8} {r['train_s']:>8.2f} {r['tok_s']:>9.1f} "
+            print(f"{rep:>3} {who:10} {r['tokens']:>8} {r['train_s']:>8.2f} {r['tok_s']:>9.1f} "
                   f"{r['tokens'] / args.steps:>8.1f} {r['wall_s']:>7.1f}  {load_str()}", flush=True)
     s_tps = median(r["tok_s"] for r in res["specc"])
-    t_tps = median(r["tok_s"] for r in res["trainer"])
-    ratios = [a["tok_s"] / b["tok_s"] for a, b in zip(res["specc"], res["trainer"])]
-    s_step = median(r["train_s"] / args.steps for r in res["specc"])
-    t_step = median(r["train_s"] / args.steps for r in res["trainer"])
-    t_inner = median(r["step_sum_s"] / args.steps for r in res["trainer"])
     print()
-    print("| contender | median tokens/s | median s/step | tokens/step |")
-    print("|---|---|---|---|")
-    print(f"| specc run (torch, packing {not args.no_packing}) | {s_tps:.0f} | {s_step * 1e3:.1f} ms | "
-          f"{median(r['tokens'] for r in res['specc']) / args.steps:.0f} |")
-    print(f"| HF Trainer + peft | {t_tps:.0f} | {t_step * 1e3:.1f} ms (on_step_begin→end: {t_inner * 1e3:.1f} ms) | "
-          f"{median(r['tokens'] for r in res['trainer']) / args.steps:.0f} |")
-    print(f"\nratio specc/Trainer tokens/s: {s_tps / t_tps:.2f}x (ratio of medians); per-pair ratios "
-          + ", ".join(f"{x:.2f}" for x in ratios) + f"; target >= 1.3x; "
-          f"specc packing efficiency {res['specc'][0].get('packing_efficiency')}")
+    print("| contender | median tokens/s | median time/step | tokens/step | specc ÷ this (median; per rep) |")
+    print("|---|---|---|---|---|")
+    labels = {"specc": f"specc run (torch, packing {not args.no_packing}), batch {args.batch_size}",
+              "trainer": f"HF Trainer + peft, batch {args.batch_size}",
+              "trainer-eq": f"HF Trainer + peft, batch {eq_bs}"}
+    for who in who_all:
+        rs = res[who]
+        tps = median(r["tok_s"] for r in rs)
+        step = median(r["train_s"] / args.steps for r in rs)
+        extra = ""
+        if who != "specc":
+            inner = median(r["step_sum_s"] / args.steps for r in rs)
+            extra = f" (on_step_begin→end {inner * 1e3:.1f} ms)"
+        pairs = ", ".join(f"{a['tok_s'] / b['tok_s']:.2f}" for a, b in zip(res["specc"], rs))
+        print(f"| {labels[who]} | {tps:.0f} | {step * 1e3:.1f} ms{extra} | {median(r['tokens'] for r in rs) / args.steps:.0f} | "
+              f"{s_tps / tps:.2f}x; {pairs} |")
+    print(f"\ntarget: specc ÷ Trainer (same batch size) >= 1.3x; specc packing efficiency "
+          f"{res['specc'][0].get('packing_efficiency')}")
     (root / "results.json").write_text(json.dumps(res, indent=2))
 
 

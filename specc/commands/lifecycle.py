@@ -257,7 +257,9 @@ def _short(v) -> str:
 def calibrate(
     spec: Path = typer.Argument(..., help="a spec file"),
     run_names: Optional[List[str]] = typer.Option(None, "--run", help="only these runs (default: one per distinct shape)"),
-    steps: int = typer.Option(20, "--steps", min=5, help="optimizer steps to run per shape"),
+    steps: int = typer.Option(20, "--steps", min=5, help="optimizer steps to run per shape (at least)"),
+    min_seconds: float = typer.Option(10.0, "--min-seconds", min=0,
+                                      help="measure quick steps for at least this long (more steps, up to 1000)"),
     warmup: int = typer.Option(3, "--warmup", min=0, help="first steps left out of the throughput"),
     backend: Optional[str] = typer.Option(None, "--backend", help="torch | mlx (overrides the spec)"),
     key: Optional[str] = typer.Option(None, "--key", help="store under calibrations/KEY.json instead of the spec's device key"),
@@ -272,7 +274,8 @@ def calibrate(
     try:
         (loaded, p), = _plan_all([spec])
         path, results = calibrate_plan(p, steps=steps, warmup=warmup, backend=backend, key=key,
-                                       directory=calibrations, only=run_names, log=lambda m: out.print(_e(m)))
+                                       directory=calibrations, only=run_names, min_seconds=min_seconds,
+                                       log=lambda m: out.print(_e(m)))
     except UserError as exc:
         fail(exc)
     t = Table(title=f"Calibration → {path}", title_justify="left")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import io
 import json
+import math
 import os
 import platform
 import socket
@@ -288,8 +289,12 @@ def calibrate_run(run, *, steps: int = 20, warmup: int = 3, backend_name: str | 
 
 
 def calibrate_plan(plan, *, steps: int = 20, warmup: int = 3, backend: str | None = None, key: str | None = None,
-                   directory=None, only: list[str] | None = None, log=print) -> tuple[Path, list[ShapeResult]]:
-    """Calibrate every distinct shape of an experiment and store the results; returns (file, results)."""
+                   directory=None, only: list[str] | None = None, min_seconds: float = 10.0, max_steps: int = 1000,
+                   log=print) -> tuple[Path, list[ShapeResult]]:
+    """Calibrate every distinct shape of an experiment and store the results; returns (file, results).
+
+    At least `steps` steps, and when those are quick, enough more for `min_seconds` of measured steps
+    (at most `max_steps`)."""
     runs = distinct_shapes(plan)
     if only:
         runs = [r for r in runs if r.name in only]
@@ -308,6 +313,13 @@ def calibrate_plan(plan, *, steps: int = 20, warmup: int = 3, backend: str | Non
     for i, run in enumerate(runs, 1):
         log(f"[{i}/{len(runs)}] {run.name}: {shape_of_config(run.config).label()} ({steps} steps, {warmup} warm-up)")
         res = calibrate_run(run, steps=steps, warmup=warmup, backend_name=backend, import_s=import_s, log=log)
+        measured_s = (steps - warmup) * res.entry["throughput"]["step_s"]
+        if min_seconds and measured_s < min_seconds and steps < max_steps:
+            # Fast steps: 20 of them last a second or two, too short to average out caches warming up and
+            # the machine's load. Measure again for long enough (the setup is cheap for such a model).
+            more = min(max_steps, warmup + math.ceil(min_seconds / max(res.entry["throughput"]["step_s"], 1e-6)))
+            log(f"  {steps - warmup} steps took {measured_s:.1f} s; measuring {more} steps for ≥ {min_seconds:g} s")
+            res = calibrate_run(run, steps=more, warmup=warmup, backend_name=backend, import_s=import_s, log=log)
         dev = str(res.entry["measured"]["device"] or "")
         if wants_gpu and key is None and not (dev.startswith("cuda") or "gpu" in dev.lower() or "mps" in dev):
             raise UserError(f"the spec targets {target} (GPUs) but this machine ran the calibration on {dev or 'the CPU'}",

@@ -386,7 +386,9 @@ def fit_window(config: dict, est: Estimate, window_hours: float | None, margin_h
     if window_hours:
         budget, what = (window_hours - margin_hours) * 3600, f"{window_hours:g} h window − {margin_hours:g} h margin"
     elif time_limit_s:
-        budget, what = time_limit_s - margin_hours * 3600, f"time limit − {margin_hours:g} h margin"
+        # The margin belongs to a window; against a bare time limit keep at most a tenth of it in hand.
+        held = min(margin_hours * 3600, 0.1 * time_limit_s)
+        budget, what = time_limit_s - held, f"time limit {_h(time_limit_s)} − {_h(held)} held back"
     else:
         return Fit(None, None, est.total_s, "no window or time limit to fit")
     need = est.total_s
@@ -407,8 +409,11 @@ def fit_window(config: dict, est: Estimate, window_hours: float | None, margin_h
                                f"{float(t['epochs']):g}")
         elif t.get("max_steps"):
             suggestions.append(f"train {int(t['max_steps'] * share):,} steps instead of {t['max_steps']:,}")
-    suggestions.append(f"ask for a window of {math.ceil((need / 3600 + margin_hours) * 4) / 4:g} h "
-                       f"(estimate + {margin_hours:g} h margin)")
+    if window_hours:
+        suggestions.append(f"ask for a window of {math.ceil((need / 3600 + margin_hours) * 4) / 4:g} h "
+                           f"(estimate + {margin_hours:g} h margin)")
+    else:
+        suggestions.append(f"ask for a time limit of at least {_h(need / 0.9)}")
     if est.source == "declared":
         for name in ("fast", "balanced", "quality", "memory_efficient"):
             p = PROFILES[name]
@@ -449,6 +454,8 @@ def gpu_hours(total_s: float | None, gpus: int) -> float | None:
 def _h(seconds: float | None) -> str:
     if seconds is None:
         return "?"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 60:
         return f"{seconds:.0f} s"
     if seconds < 3600:

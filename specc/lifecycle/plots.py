@@ -23,13 +23,15 @@ def _plt():
 
 
 def _avg(values: list[float], window: int) -> list[float]:
-    out, total, queue = [], 0.0, []
+    """Centred moving average (no lag: a fast-falling loss is drawn where it is), narrower at the ends."""
+    half = max(0, window // 2)
+    prefix = [0.0]
     for v in values:
-        queue.append(v)
-        total += v
-        if len(queue) > window:
-            total -= queue.pop(0)
-        out.append(total / len(queue))
+        prefix.append(prefix[-1] + v)
+    out = []
+    for i in range(len(values)):
+        k = min(half, i, len(values) - 1 - i)
+        out.append((prefix[i + k + 1] - prefix[i - k]) / (2 * k + 1))
     return out
 
 
@@ -74,15 +76,24 @@ def plot_loss(runs: list, path: Path, title: str) -> Path | None:
             xs, ys = [s["step"] for s in steps], [s["loss"] for s in steps]
             if len(xs) > 1:
                 ax_t.plot(xs, ys, color=color, alpha=0.18, linewidth=0.8)
-            ax_t.plot(xs, _avg(ys, 50 if len(ys) >= 100 else max(1, len(ys) // 5)), color=color, label=run.name,
-                      **_style(i))
+            ax_t.plot(xs, _avg(ys, max(1, min(51, len(ys) // 15))), color=color, label=run.name, **_style(i))
         vals = [(r["step"], r["val_loss"]) for r in run.records if isinstance(r.get("val_loss"), (int, float))]
         if vals:
             ax_v.plot(*zip(*vals), color=color, marker="o", markersize=3.5, label=run.name, **_style(i))
             best = min(vals, key=lambda v: v[1])
             ax_v.scatter([best[0]], [best[1]], s=70, facecolors="none", edgecolors=color, linewidths=1.5, zorder=3)
-    ax_t.set(title="Train loss (faint: per step; solid: moving average)", xlabel="step", ylabel="loss (nats/token)")
+    ax_t.set(title="Train loss (faint: per step; solid: centred moving average)", xlabel="step", ylabel="loss (nats/token)")
     ax_v.set(title="Validation loss (circle: best)", xlabel="step", ylabel="val loss (nats/token)")
+    for ax, label in ((ax_t, "loss"), (ax_v, "val loss")):
+        lo, hi = ax.dataLim.y0, ax.dataLim.y1
+        if ax.has_data() and lo > 0 and hi / lo > 20:   # a loss that falls by orders of magnitude
+            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.set_ylabel(f"{label} (nats/token, log scale)")
     _legend(ax_t, len(runs))
     if len(runs) <= MAX_LEGEND and ax_v.has_data():
         ax_v.legend(loc="best")

@@ -161,7 +161,7 @@ class Accuracy:
     raw_estimated_s: float
     shape_key: str
     device_key: str
-    when: str            # "at compile time" | "now (no estimate was recorded with the run)"
+    when: str            # "made before the run" | "now (no estimate was recorded with the run)"
 
     @property
     def time_accuracy(self) -> float:
@@ -173,7 +173,7 @@ def time_accuracy(run: RunData, calibrations_dir=None) -> Accuracy | None:
     if not s or s.get("status") != "completed" or not s.get("wall_s") or run.kind != "train":
         return None
     est = s.get("estimate") or run.config.get("estimate") or {}
-    when = "at compile time"
+    when = "made before the run"
     if not est.get("wall_s"):
         from specc.lifecycle.calibrations import load_calibration
         from specc.lifecycle.estimate import estimate_run

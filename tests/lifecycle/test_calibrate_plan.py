@@ -48,7 +48,7 @@ def spec_for(tmp, model_dir, **over):
 def test_calibrate_then_plan_and_compile_use_it(in_tmp, tiny_model):
     pytest.importorskip("torch")
     spec = spec_for(in_tmp, tiny_model)
-    result = cli("calibrate", str(spec), "--steps", "8", "--warmup", "2")
+    result = cli("calibrate", str(spec), "--steps", "8", "--warmup", "2", "--min-seconds", "0")
     assert result.exit_code == 0, result.output
     cal = load_calibration("local-cpu")
     (entry,) = cal.entries.values()
