@@ -165,6 +165,14 @@ class TorchBackend:
             else:
                 hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
+        self._quantized = quant == "nf4"
+        self._flow_checked_after_eval = not self._quantized
+        if self._quantized:
+            from backends.torch_nf4 import check_gradient_flow, keep_trainable_layout
+
+            repacking = keep_trainable_layout(self.model)
+            bnb_details["cpu_inference_repacking"] = f"disabled on {repacking} layers" if repacking else "not used"
+            check_gradient_flow(self.model, "after setup")
 
         self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.trainable]
@@ -392,6 +400,11 @@ class TorchBackend:
         finally:
             if was_training:
                 self.model.train()
+        if not self._flow_checked_after_eval:   # evaluation is what switches bitsandbytes' CPU layout
+            from backends.torch_nf4 import check_gradient_flow
+
+            check_gradient_flow(self.model, "after the first evaluation")
+            self._flow_checked_after_eval = True
         return float(loss), n
 
     # --------------------------------------------------------------- state
