@@ -119,7 +119,8 @@ def _register_optional():
     import importlib
     import importlib.util
 
-    for module in ("specc.commands.run", "specc.commands.submit", "specc.commands.lifecycle"):
+    for module in ("specc.commands.run", "specc.commands.submit", "specc.commands.plan", "specc.commands.calibrate",
+                   "specc.commands.report", "specc.commands.watch", "specc.commands.diff"):
         if importlib.util.find_spec(module) is not None:
             importlib.import_module(module)
 

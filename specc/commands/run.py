@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from specc.cli import app, err, fail, out
+from specc.cli import app, err, fail
 from specc.errors import EXIT_FAILED, EXIT_INTERRUPTED, UserError
 
 

@@ -29,7 +29,13 @@ def submit(
     from specc.emit.writer import render_experiment, write_files
     from specc.slurm import client
     from specc.slurm.state import load_jobs
-    from specc.slurm.submit import active_jobs, command_line, job_env, plan_jobs, submit_jobs
+    from specc.slurm.submit import (
+        active_jobs,
+        command_line,
+        job_env,
+        plan_jobs,
+        submit_jobs,
+    )
 
     try:
         [(loaded, plan)] = _plan_all([spec])
@@ -70,10 +76,10 @@ def status(
     experiment: Optional[str] = typer.Argument(None, help="an experiment (default: every one with runs/<exp>/jobs.json)"),
 ):
     """Runs, their SLURM jobs and progress: state, step, loss, ETA, restarts, and why a full run was blocked."""
+    from rich.console import Console
+
     from specc.slurm.state import known_experiments
     from specc.slurm.status import eta_text, rows
-
-    from rich.console import Console
 
     # In a log or a pipe rich would wrap the table at 80 columns; keep one row per line there.
     console = out if out.is_terminal else Console(width=max(out.width, 300), highlight=False)

@@ -1,33 +1,18 @@
-"""The experiment lifecycle around `specc run`: plan, calibrate, watch, report, diff."""
+"""`specc plan`: model and data checks, dataset analysis, estimates with their sources, fit to the window."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from rich.console import Console
-
 from specc.cli import _plan_all, app, fail
-from specc.errors import EXIT_FAILED, UserError
+from specc.console import wide_stdout
+from specc.errors import UserError
 
-
-class _Out:
-    """stdout, wide enough for the tables when it is not a terminal (logs, CI, pipes)."""
-
-    def __getattr__(self, name):
-        import shutil
-
-        console = Console(highlight=False, soft_wrap=False)
-        if not console.is_terminal:
-            console = Console(highlight=False, soft_wrap=False, width=max(shutil.get_terminal_size((160, 24)).columns, 160))
-        return getattr(console, name)
-
-
-out = _Out()
+out = wide_stdout()
 
 CAL_HELP = "calibrations directory (default: $SPECC_CALIBRATIONS, else ./calibrations)"
 
@@ -35,8 +20,6 @@ CAL_HELP = "calibrations directory (default: $SPECC_CALIBRATIONS, else ./calibra
 def _e(x) -> str:
     return escape(str(x))
 
-
-# --- plan ----------------------------------------------------------------------------------------------
 
 @app.command()
 def plan(
@@ -47,8 +30,14 @@ def plan(
 ):
     """Check the model and data, estimate time and memory (every number with its source), fit the window."""
     from specc.lifecycle.calibrations import load_calibration
-    from specc.lifecycle.estimate import (estimate_run, fit_window, fmt_duration, gpu_hours, load_priors,
-                                          recommend_batch)
+    from specc.lifecycle.estimate import (
+        estimate_run,
+        fit_window,
+        fmt_duration,
+        gpu_hours,
+        load_priors,
+        recommend_batch,
+    )
     from specc.lifecycle.shape import device_key
     from specc.spec.catalog import load_catalog
     from specc.spec.model import parse_time
@@ -64,7 +53,12 @@ def plan(
     # Model check.
     models, analyses, facts = {}, {}, {}
     if data:
-        from specc.lifecycle.analysis import analyze_data, check_model, clear_caches, facts_from_analysis
+        from specc.lifecycle.analysis import (
+            analyze_data,
+            check_model,
+            clear_caches,
+            facts_from_analysis,
+        )
 
         clear_caches()
 
@@ -249,167 +243,3 @@ def _short(v) -> str:
         keys = [k for k in ("size", "rank") if k in v] or [k for k in v if k == "path"] or list(v)[:2]
         return ", ".join(f"{k}={v[k]}" for k in keys)[:40]
     return str(v)
-
-
-# --- calibrate -----------------------------------------------------------------------------------------
-
-@app.command()
-def calibrate(
-    spec: Path = typer.Argument(..., help="a spec file"),
-    run_names: Optional[List[str]] = typer.Option(None, "--run", help="only these runs (default: one per distinct shape)"),
-    steps: int = typer.Option(20, "--steps", min=5, help="optimizer steps to run per shape (at least)"),
-    min_seconds: float = typer.Option(10.0, "--min-seconds", min=0,
-                                      help="measure quick steps for at least this long (more steps, up to 1000)"),
-    warmup: int = typer.Option(3, "--warmup", min=0, help="first steps left out of the throughput"),
-    backend: Optional[str] = typer.Option(None, "--backend", help="torch | mlx (overrides the spec)"),
-    key: Optional[str] = typer.Option(None, "--key", help="store under calibrations/KEY.json instead of the spec's device key"),
-    calibrations: Optional[Path] = typer.Option(None, "--calibrations", help=CAL_HELP),
-):
-    """Measure tokens/s, peak memory and fixed overheads of each distinct run shape on this hardware."""
-    from specc.lifecycle.calibrate import calibrate_plan
-    from specc.lifecycle.estimate import fmt_duration
-
-    if backend not in (None, "torch", "mlx"):
-        fail(UserError(f"--backend {backend!r}: choose torch or mlx"))
-    try:
-        (loaded, p), = _plan_all([spec])
-        path, results = calibrate_plan(p, steps=steps, warmup=warmup, backend=backend, key=key,
-                                       directory=calibrations, only=run_names, min_seconds=min_seconds,
-                                       log=lambda m: out.print(_e(m)))
-    except UserError as exc:
-        fail(exc)
-    t = Table(title=f"Calibration → {path}", title_justify="left")
-    for c in ("run (shape)", "tokens/s", "step", "± stdev", "peak mem", "startup", "eval batch", "checkpoint", "device"):
-        t.add_column(c)
-    for r in results:
-        e = r.entry
-        o = e["overheads"]
-        t.add_row(_e(r.run), f"{e['throughput']['tokens_per_s']:,.0f}", f"{e['throughput']['step_s']:.3f} s",
-                  f"{e['throughput']['step_s_stdev']:.3f} s", f"{e['memory']['peak_mb']:,.0f} MB",
-                  fmt_duration(o["import_s"] + o["model_load_s"] + o["data_s"]), f"{o['eval_batch_s']:.3f} s",
-                  f"{o['checkpoint_s']:.2f} s", _e(e["measured"]["device_text"]))
-    out.print(t)
-    for r in results:
-        m = r.entry["measured"]
-        threads, share = m.get("threads"), m.get("cpu_share")
-        if share is not None and threads and str(m.get("device")) == "cpu" and share < 0.75 * threads:
-            out.print(f"[yellow]warning[/]: {_e(r.run)}: the steps got {share:.2f} CPU-seconds per second with {threads} "
-                      "thread(s): the machine is shared, and the wall times measured (and estimated) reflect its load "
-                      "now. Calibrate again when it is as busy as it will be during the run.")
-    out.print(f"commit {path}: `specc compile` and `specc plan` use it for runs of these shapes.")
-
-
-# --- report --------------------------------------------------------------------------------------------
-
-@app.command()
-def report(
-    experiment: str = typer.Argument(..., help="an experiment name (runs/<name>) or its directory"),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
-    baseline: Optional[str] = typer.Option(None, "--baseline", help="the baseline experiment (default: the spec's)"),
-    sort: Optional[str] = typer.Option(None, "--sort", help="sort runs by a metric (best_val_loss, tokens_per_s, ...)"),
-    desc: bool = typer.Option(False, "--desc", help="sort descending"),
-    plots: bool = typer.Option(True, "--plots/--no-plots"),
-    write_back: bool = typer.Option(True, "--write-back/--no-write-back",
-                                    help="record estimated/actual time in the calibration file"),
-    include_test: bool = typer.Option(False, "--include-test", help="include <run>.test stage runs"),
-    calibrations: Optional[Path] = typer.Option(None, "--calibrations", help=CAL_HELP),
-):
-    """Judge the hypothesis against the runs, compare estimated and actual time, plot, write report.md."""
-    from specc.lifecycle.report import COLUMNS, build_report, run_row, write_report
-    from specc.lifecycle.verdict import CONFIRMED, REJECTED
-
-    try:
-        rep = build_report(experiment, runs_root=runs_dir, baseline=baseline, write_back_accuracy=write_back,
-                           plots=plots, calibrations_dir=calibrations, include_test=include_test)
-    except UserError as exc:
-        fail(exc)
-    colour = {CONFIRMED: "green", REJECTED: "red"}.get(rep.overall, "yellow")
-    out.print(f"[bold]{_e(rep.experiment)}[/]: hypothesis [{colour}]{rep.overall}[/]"
-              + (f" (baseline {_e(rep.baseline)})" if rep.baseline else ""))
-    t = Table(title_justify="left")
-    for c in ("run", *COLUMNS, "verdicts"):
-        t.add_column(c)
-    for r in rep.sorted_runs(sort, desc):
-        t.add_row(*map(_e, run_row(r)))
-    out.print(t)
-    for r in rep.runs:
-        for v in r.verdicts:
-            c = {CONFIRMED: "green", REJECTED: "red"}.get(v.verdict, "yellow")
-            out.print(f"  {_e(r.run.name)}: {_e(v.expectation)} → [{c}]{v.verdict}[/] ({_e(v.reason)})")
-        if r.accuracy:
-            out.print(f"  {_e(r.run.name)}: time_accuracy {r.accuracy.time_accuracy:.2f} "
-                      f"(estimated {r.accuracy.estimated_s:,.0f} s, actual {r.accuracy.actual_s:,.0f} s, {r.accuracy.source})")
-    for i, s in enumerate(rep.next_steps, 1):
-        out.print(f"  next {i}. {_e(s)}")
-    path = write_report(rep, sort, desc)
-    out.print(f"wrote {path}" + (f" and {len(rep.plots)} plot(s) in {rep.dir / 'plots'}" if rep.plots else ""))
-    for p in rep.written_back:
-        out.print(f"recorded time accuracy in {p}")
-
-
-# --- watch ---------------------------------------------------------------------------------------------
-
-def _watch_target(target: str, runs_dir: Path) -> Path:
-    for cand in (Path(target), runs_dir / target):
-        if cand.is_dir():
-            return cand
-    raise UserError(f"no run or experiment directory {target!r}",
-                    hint=f"pass runs/<experiment>/<run>, runs/<experiment>, or a name under {runs_dir}/")
-
-
-@app.command()
-def watch(
-    target: str = typer.Argument(..., help="a run directory, an experiment directory, or <experiment>[/<run>]"),
-    once: bool = typer.Option(False, "--once", help="print one snapshot and exit"),
-    interval: float = typer.Option(30.0, "--interval", min=0.05, help="seconds between looks"),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
-):
-    """Follow a run from its files: progress, time window, and flags (OOM, NaN, killed, plateau, slow, leak)."""
-    from specc.lifecycle.watch import STOP, describe, follow, run_dirs, snapshot
-
-    try:
-        path = _watch_target(target, runs_dir)
-    except UserError as exc:
-        fail(exc)
-    if once:
-        snaps = [snapshot(d) for d in run_dirs(path)]
-        if not snaps:
-            out.print(f"{_e(path)}: no run has started yet (no config.json)")
-        for s in snaps:
-            for line in describe(s):
-                out.print(_e(line))
-        raise typer.Exit(EXIT_FAILED if any(s.advice == STOP for s in snaps) else 0)
-    try:
-        snaps = follow(path, interval=interval, emit=lambda line: out.print(_e(line)))
-    except KeyboardInterrupt:
-        raise typer.Exit(130)
-    out.print("all runs ended: " + ", ".join(f"{s.name} {s.status}" for s in snaps))
-
-
-# --- diff ----------------------------------------------------------------------------------------------
-
-@app.command()
-def diff(
-    specs: Optional[List[Path]] = typer.Argument(None, help="OLD.yaml NEW.yaml, or with --git the specs to compare"),
-    git: Optional[str] = typer.Option(None, "--git", help="compare the working tree's specs with this revision"),
-    markdown: bool = typer.Option(False, "--markdown", help="Markdown (for a pull-request comment)"),
-):
-    """Semantic diff of specs: resolved fields changed, runs added/removed, effect on time and GPU-hours."""
-    from specc.lifecycle.specdiff import changed_specs, diff_files, diff_git, render
-
-    try:
-        if git:
-            targets = list(specs or []) or changed_specs(git)
-            diffs = [diff_git(git, s) for s in targets]
-            if markdown:
-                sys.stdout.write("## specc diff against " + git + "\n\n")
-            if not diffs:
-                sys.stdout.write(f"no spec changed since {git}\n")
-        else:
-            if not specs or len(specs) != 2:
-                raise UserError("give two specs (OLD.yaml NEW.yaml), or --git REV [SPEC...]")
-            diffs = [diff_files(specs[0], specs[1])]
-    except UserError as exc:
-        fail(exc)
-    for d in diffs:
-        sys.stdout.write(render(d, markdown) + ("\n" if markdown else ""))

@@ -1,0 +1,67 @@
+"""`specc calibrate`: measure each run shape on this hardware and record it under calibrations/."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from specc.cli import _plan_all, app, fail
+from specc.console import wide_stdout
+from specc.errors import UserError
+
+out = wide_stdout()
+
+CAL_HELP = "calibrations directory (default: $SPECC_CALIBRATIONS, else ./calibrations)"
+
+
+def _e(x) -> str:
+    return escape(str(x))
+
+
+@app.command()
+def calibrate(
+    spec: Path = typer.Argument(..., help="a spec file"),
+    run_names: Optional[List[str]] = typer.Option(None, "--run", help="only these runs (default: one per distinct shape)"),
+    steps: int = typer.Option(20, "--steps", min=5, help="optimizer steps to run per shape (at least)"),
+    min_seconds: float = typer.Option(10.0, "--min-seconds", min=0,
+                                      help="measure quick steps for at least this long (more steps, up to 1000)"),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="first steps left out of the throughput"),
+    backend: Optional[str] = typer.Option(None, "--backend", help="torch | mlx (overrides the spec)"),
+    key: Optional[str] = typer.Option(None, "--key", help="store under calibrations/KEY.json instead of the spec's device key"),
+    calibrations: Optional[Path] = typer.Option(None, "--calibrations", help=CAL_HELP),
+):
+    """Measure tokens/s, peak memory and fixed overheads of each distinct run shape on this hardware."""
+    from specc.lifecycle.calibrate import calibrate_plan
+    from specc.lifecycle.estimate import fmt_duration
+
+    if backend not in (None, "torch", "mlx"):
+        fail(UserError(f"--backend {backend!r}: choose torch or mlx"))
+    try:
+        (loaded, p), = _plan_all([spec])
+        path, results = calibrate_plan(p, steps=steps, warmup=warmup, backend=backend, key=key,
+                                       directory=calibrations, only=run_names, min_seconds=min_seconds,
+                                       log=lambda m: out.print(_e(m)))
+    except UserError as exc:
+        fail(exc)
+    t = Table(title=f"Calibration → {path}", title_justify="left")
+    for c in ("run (shape)", "tokens/s", "step", "± stdev", "peak mem", "startup", "eval batch", "checkpoint", "device"):
+        t.add_column(c)
+    for r in results:
+        e = r.entry
+        o = e["overheads"]
+        t.add_row(_e(r.run), f"{e['throughput']['tokens_per_s']:,.0f}", f"{e['throughput']['step_s']:.3f} s",
+                  f"{e['throughput']['step_s_stdev']:.3f} s", f"{e['memory']['peak_mb']:,.0f} MB",
+                  fmt_duration(o["import_s"] + o["model_load_s"] + o["data_s"]), f"{o['eval_batch_s']:.3f} s",
+                  f"{o['checkpoint_s']:.2f} s", _e(e["measured"]["device_text"]))
+    out.print(t)
+    for r in results:
+        m = r.entry["measured"]
+        threads, share = m.get("threads"), m.get("cpu_share")
+        if share is not None and threads and str(m.get("device")) == "cpu" and share < 0.75 * threads:
+            out.print(f"[yellow]warning[/]: {_e(r.run)}: the steps got {share:.2f} CPU-seconds per second with {threads} "
+                      "thread(s): the machine is shared, and the wall times measured (and estimated) reflect its load "
+                      "now. Calibrate again when it is as busy as it will be during the run.")
+    out.print(f"commit {path}: `specc compile` and `specc plan` use it for runs of these shapes.")

@@ -1,0 +1,29 @@
+"""The consoles every command prints through: one place decides widths and streams."""
+from __future__ import annotations
+
+import shutil
+
+from rich.console import Console
+
+
+def stdout_console() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class _WideStdout:
+    """stdout for tables: wide enough when it is not a terminal (logs, CI, pipes). Built on each use, so
+    a test that redirects sys.stdout sees the output."""
+
+    def __getattr__(self, name):
+        console = Console(highlight=False, soft_wrap=False)
+        if not console.is_terminal:
+            console = Console(highlight=False, soft_wrap=False, width=max(shutil.get_terminal_size((160, 24)).columns, 160))
+        return getattr(console, name)
+
+
+def wide_stdout() -> _WideStdout:
+    return _WideStdout()
