@@ -40,6 +40,11 @@ def train(s: Session) -> dict:
     progress = Progress(s.total_steps, s.console)
     metrics = MetricsLog(s.run_dir, resume_step=state["step"] if s.resumed else None) if world.is_main else NullLog()
     stop: Stop | None = None
+    start = state["history"][-1]
+    if start["kind"] != "fresh":   # plots and watch mark where a run was resumed, extended or re-initialised
+        metrics.event(state["step"], {"resume": "resumed", "extend": "extended", "init_from": "init_from"}[start["kind"]],
+                      restart=state.get("restarts", 0), total_steps=s.total_steps, backend=start["backend"])
+    s.write_running()
     with SignalGuard() as signals:
         try:
             if state["step"] == 0 and state.get("best_val_loss") is None:

@@ -38,6 +38,8 @@ class MetricsLog:
         os.replace(tmp, self.path)
 
     def write(self, record: dict) -> None:
+        """One line; "t" (unix time) is added, so a reader can tell a stalled or killed run from a slow one."""
+        record = {**record, "t": round(time.time(), 3)}
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         if any(clean[k] is None and record[k] is not None for k in record):
             clean["non_finite"] = [k for k in record if clean[k] is None and record[k] is not None]
@@ -45,7 +47,7 @@ class MetricsLog:
         self._fh.flush()
         step = record.get("step", 0)
         for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if key not in ("step", "t") and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._tb.scalar(("val/" if key.startswith("val") else "train/") + key, value, step)
 
     def event(self, step: int, event: str, **details) -> None:

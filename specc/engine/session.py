@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -59,6 +60,19 @@ class Session:
                     schedule=self.schedule.to_dict() if self.schedule else None, total_steps=self.total_steps,
                     wall_s=self.state["wall_s_before"] + (time.time() - self.started))
 
+    def write_running(self) -> None:
+        """Supersede an earlier attempt's summary.json before the first step: status "running", with the
+        pid and host that `specc watch` uses to tell a live run from a killed one."""
+        if not dist.world().is_main:
+            return
+        state = self.state
+        running = {"status": "running", "stop_reason": None, "experiment": self.cfg.experiment, "run": self.cfg.run,
+                   "kind": self.cfg.kind, "pid": os.getpid(), "host": socket.gethostname(), "started_at": self.started,
+                   "steps": state["step"], "total_steps": self.total_steps, "restarts": state.get("restarts", 0),
+                   "backend": self.backend.name, "history": state.get("history", []),
+                   "estimate": self.cfg.raw.get("estimate") or {}}
+        _write_json_atomic(self.run_dir / "summary.json", running)
+
     def write_summary(self, status: str, reason: str) -> dict:
         state = self.state
         mem = self.backend.memory()
@@ -84,6 +98,8 @@ class Session:
             "last_loss": window[-1] if window else None,
             "checkpoint_s": state.get("ckpt_s"),
             "restarts": state.get("restarts", 0),
+            "history": state.get("history", []),
+            "extended": any(h.get("kind") == "extend" for h in state.get("history", [])),
             "backend": self.backend.name,
             "backend_reason": self.backend_reason,
             "device": self.backend.describe(),
@@ -97,10 +113,14 @@ class Session:
         summary.update({k: v for k, v in state.items() if k.startswith(("val_", "test_"))})
         if not dist.world().is_main:   # data-parallel: rank 0 writes the run's files
             return summary
-        tmp = self.run_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(_finite(summary), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.run_dir / "summary.json")
+        _write_json_atomic(self.run_dir / "summary.json", summary)
         return summary
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_finite(obj), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _finite(obj):
@@ -116,7 +136,7 @@ def _finite(obj):
 def fresh_state(cfg: RunConfig) -> dict:
     return {"format": STATE_VERSION, "step": 0, "micro_step": 0, "tokens": 0, "train_s": 0.0, "wall_s_before": 0.0,
             "last_ckpt": 0, "best_val_loss": None, "best_step": None, "loss_window": [], "early_stopping": {},
-            "restarts": 0, "data_seed": cfg.training.seed, "backend": None, "dataset": None}
+            "restarts": 0, "data_seed": cfg.training.seed, "backend": None, "dataset": None, "history": []}
 
 
 def _archive_run_dir(run_dir: Path, console: Console) -> None:
@@ -200,8 +220,9 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
     )
     total = data.total_steps
     schedule = cfg.schedule if cfg.schedule is not None and cfg.schedule.total_steps == total else _schedule(cfg, total)
-    state, resumed, stream = fresh_state(cfg), False, None
+    state, resumed, stream, start_kind = fresh_state(cfg), False, None, "fresh"
     if source is not None:
+        start_kind = "resume"
         arrays, saved = ckpt.load_checkpoint(source)
         backend.load_state(arrays)
         state = {k: v for k, v in saved.items() if k not in ("data_position", "schedule", "total_steps", "wall_s", "format_version")}
@@ -213,6 +234,7 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
             kind = cfg.training.schedule.kind
             schedule = extend(schedule, state["step"], extend_to, decay="linear" if kind == "linear" else "cosine")
             total = extend_to
+            start_kind = "extend"
             state.pop("stopped", None)   # extending is an explicit request to train on
             console.print(f"extending to {total} steps: lr decays from {schedule.start_lr:.3g} at step {state['step']} "
                           f"to {schedule.min_lr:.3g} (strategy A)", markup=False)
@@ -225,9 +247,12 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
     elif init_from is not None:
         arrays, _ = ckpt.load_checkpoint(_checkpoint_at(init_from))
         backend.load_adapter_weights(arrays)
+        start_kind = "init_from"
         console.print(f"initialised the adapter from {init_from}; fresh schedule and optimizer (strategy B)", markup=False)
     if stream is None and data.train_plan is not None:
         stream = BatchStream(data.train_plan)
+    state["history"] = list(state.get("history") or []) + [
+        {"kind": start_kind, "step": state["step"], "total_steps": total, "backend": name, "at": round(time.time(), 3)}]
     state["backend"], state["dataset"] = name, _data_digest(data)
     return Session(cfg, console, run_dir, backend, reason, data, stream, schedule, total, state, resumed)
 

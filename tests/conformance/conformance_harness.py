@@ -356,7 +356,7 @@ def val_lines(metrics: list[dict]) -> list[dict]:
 
 def deterministic(lines: list[dict]) -> list[dict]:
     """A metrics line without what depends on the clock or the allocator."""
-    return [{k: v for k, v in m.items() if k not in ("step_s", "mem_mb")} for m in lines]
+    return [{k: v for k, v in m.items() if k not in ("step_s", "mem_mb", "t")} for m in lines]
 
 
 def load_arrays(path: Path) -> dict[str, np.ndarray]:
