@@ -139,6 +139,10 @@ class _Builder:
 
 def _scalar(node: ScalarNode):
     tag, value = node.tag, node.value
+    if node.style == ">":
+        # The round-trip composer marks each fold of a folded block (">") with BEL; the folded text is
+        # what the author meant (YAML 1.2 folding: the line break became the following space).
+        value = value.replace("\a", "")
     if tag.endswith(":null"):
         return None
     if tag.endswith(":bool"):

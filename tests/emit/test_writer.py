@@ -189,3 +189,37 @@ json_values = st.recursive(
 @settings(max_examples=100, deadline=None)
 def test_json_text_is_json_dumps(value):
     assert json_text(value) == json.dumps(value, indent=2, ensure_ascii=False)
+
+
+# --- no control characters in reviewer artifacts ------------------------------------------------------
+
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]|\\u00[01][0-9a-fA-F]")   # raw, or JSON-escaped
+
+
+@pytest.mark.parametrize("spec", sorted((REPO / "specs").glob("*.yaml")), ids=lambda p: p.name)
+def test_generated_files_hold_no_control_characters(spec, in_repo):
+    """A folded block (`>`, the quickstart's own hypothesis) once put BEL into config.json, plan.md and report.md."""
+    for rel, text in render(spec).items():
+        bad = CONTROL.search(text)
+        assert bad is None, f"{rel}: control character {bad.group()!r} at offset {bad.start()}"
+
+
+def test_folded_and_literal_blocks_keep_their_meaning(write_spec, plan_spec):
+    spec = write_spec(text="""experiment: t
+hypothesis:
+  statement: >
+    one two
+    three
+
+    next paragraph
+  falsified_if: |
+    line one
+    line two
+model: {path: /models/base, size: 1B}
+data: {train: /data/train.jsonl, valid: /data/valid.jsonl}
+training: {max_steps: 100, batch_size: 4, lr: 1.0e-4, schedule: {kind: cosine, warmup_steps: 10}}
+resources: {cluster: local, partition: debug, time: "00:20:00"}
+""")
+    h = plan_spec(spec).spec.hypothesis
+    assert h.statement == "one two three\nnext paragraph\n"
+    assert h.falsified_if == "line one\nline two\n"
