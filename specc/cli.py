@@ -25,7 +25,7 @@ def fail(exc: UserError) -> None:
     raise typer.Exit(exc.exit_code)
 
 
-def _plan_all(specs: list[Path]):
+def _plan_all(specs: list[Path], counted: dict | None = None):
     """Load and plan every spec, gathering the problems of all of them before failing."""
     from specc.plan.runs import plan_experiment
     from specc.spec.validate import load_spec
@@ -34,7 +34,7 @@ def _plan_all(specs: list[Path]):
     for path in specs:
         try:
             loaded = load_spec(path)
-            plans.append((loaded, plan_experiment(loaded)))
+            plans.append((loaded, plan_experiment(loaded, counted)))
         except SpecError as exc:
             issues += exc.issues
     if issues:
@@ -50,18 +50,27 @@ def _plan_all(specs: list[Path]):
 
 @app.command()
 def check(specs: List[Path] = typer.Argument(..., help="spec files")):
-    """Validate specs (syntax, fields, cross-field rules, resources); write nothing."""
+    """Validate specs (syntax, fields, cross-field rules, resources) and the model and data files on this machine;
+    write nothing."""
+    from specc.plan.inputs import check_inputs
+
     try:
         plans = _plan_all(specs)
+        reports = [(loaded, plan, check_inputs(plan, loaded)) for loaded, plan in plans]
+        problems = [issue for _, _, r in reports for issue in r.problems]
+        if problems:
+            raise SpecError(problems)
     except UserError as exc:
         fail(exc)
-    for loaded, plan in plans:
+    for loaded, plan, inputs in reports:
         n_control = sum(r.kind == "control" for r in plan.runs)
         extra = f" + {n_control} control" if n_control else ""
         out.print(f"[green]ok[/] {escape(str(loaded.path))}: experiment {plan.experiment}, "
                   f"{len(plan.runs) - n_control} run(s){extra}")
         for w in plan.warnings:
             out.print(f"  [yellow]warning[/]: {escape(w)}")
+        if inputs.elsewhere:
+            out.print(f"  note: not on this machine, so not checked here: {escape(', '.join(inputs.elsewhere))}")
 
 
 @app.command()
@@ -71,10 +80,10 @@ def compile(
     check_only: bool = typer.Option(False, "--check", help="write nothing; exit 1 with a diff when generated/ is stale"),
 ):
     """Compile specs into reviewable artifacts: plan.md, config.json, schedule.csv, sbatch scripts."""
-    from specc.emit.writer import render_experiment, stale_diff, write_files
+    from specc.emit.writer import committed_step_counts, render_experiment, stale_diff, write_files
 
     try:
-        plans = _plan_all(specs)
+        plans = _plan_all(specs, committed_step_counts(out_dir))
         rendered = [(loaded, plan, render_experiment(loaded, plan)) for loaded, plan in plans]
     except UserError as exc:
         fail(exc)

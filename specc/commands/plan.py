@@ -42,8 +42,11 @@ def plan(
     from specc.spec.catalog import load_catalog
     from specc.spec.model import parse_time
 
+    from specc.plan.inputs import check_inputs
+
     try:
         (loaded, p), = _plan_all([spec])
+        inputs = check_inputs(p, loaded) if data else None
     except UserError as exc:
         fail(exc)
     n_control = sum(r.kind == "control" for r in p.runs)
@@ -103,7 +106,7 @@ def plan(
         for a, names in groups.values():
             label = names[0] if len(names) == 1 else f"{names[0]} … ({len(names)})"
             if a.problem:
-                t.add_row(_e(label), _e(a.problem), "", "", "", "", "", "", "")
+                t.add_row(_e(label), _e(a.problem.splitlines()[0]), "", "", "", "", "", "", "")
                 continue
             r = a.report
             split = "/".join(str(a.splits.get(s, "—")) for s in ("train", "valid", "test"))
@@ -236,9 +239,26 @@ def plan(
         out.print("[bold]Total[/]: not estimated (run `specc calibrate` on the target hardware)")
     for w in p.warnings:
         out.print(f"[yellow]warning[/]: {_e(w)}")
+    _fail_on_broken_inputs(inputs, analyses)
 
 
-def _short(v) -> str:
+def _fail_on_broken_inputs(inputs, analyses: dict) -> None:
+    """A broken model or data file fails the plan (exit 1) with the errors `specc run` would give, in full."""
+    from specc.errors import SpecError
+
+    if inputs is None:
+        return
+    problems = list(inputs.problems)
+    reported = {str(i) for i in problems}
+    extra = [a.problem for a in {id(a): a for a in analyses.values()}.values()
+             if a.problem and not a.problem.startswith("not on this machine") and not any(
+                 a.problem.splitlines()[0] in r for r in reported)]
+    if inputs.elsewhere:
+        out.print(f"note: not on this machine, so not checked here: {_e(', '.join(inputs.elsewhere))}")
+    lines = [str(i) for i in SpecError(problems).issues] + extra
+    if lines:
+        fail(UserError(f"{len(lines)} problem{'s' if len(lines) != 1 else ''} with the model and data; `specc run` "
+                       "would stop on them at start:\n" + "\n".join(lines)))
     if isinstance(v, dict):
         keys = [k for k in ("size", "rank") if k in v] or [k for k in v if k == "path"] or list(v)[:2]
         return ", ".join(f"{k}={v[k]}" for k in keys)[:40]

@@ -19,6 +19,7 @@ batches_per_epoch(epoch), or total_batches(epochs) for a schedule.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -62,6 +63,19 @@ class BatchPlan:
     def total_batches(self, epochs: int) -> int:
         return sum(self.batches_per_epoch(e) for e in range(epochs))
 
+    def steps_for_epochs(self, epochs: float, grad_accum: int) -> int:
+        """Optimizer steps that cover `epochs` passes over the rows (packed rows when packing): the one
+        count that plan, compile and run all use. Greedy packing follows each epoch's order, so whole
+        epochs are counted exactly and a fraction is taken of the next one."""
+        whole = math.floor(epochs)
+        return epoch_steps(self.total_batches(whole), self.batches_per_epoch(whole), epochs, grad_accum)
+
+    def steps_source(self, epochs: float, grad_accum: int) -> str:
+        rows = len(self.rows(0))
+        what = f"{rows:,} packed rows" if self.packing else f"{rows:,} rows (one sequence each)"
+        return (f"counted: {epochs:g} epochs × {self.batches_per_epoch(0):,} batches per epoch ({what} ÷ batch "
+                f"{self.batch_size}) ÷ accumulation {grad_accum}, from the tokenized train split")
+
     def batch_at(self, epoch: int, index: int) -> Batch:
         n = self.batches_per_epoch(epoch)
         if not 0 <= index < n:
@@ -74,6 +88,12 @@ class BatchPlan:
         rows = self.rows(epoch)
         chunks = [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
         return self._rows.efficiency(chunks)
+
+
+def epoch_steps(batches_before: int, batches_in_last: int, epochs: float, grad_accum: int) -> int:
+    """Steps for `epochs`: the batches of the whole epochs, a rounded share of the next one's, ÷ accumulation."""
+    fraction = epochs - math.floor(epochs)
+    return max(1, (batches_before + round(batches_in_last * fraction)) // grad_accum)
 
 
 class BatchStream(Iterator[Batch]):
@@ -104,14 +124,30 @@ class BatchStream(Iterator[Batch]):
         self.epoch, self.index = epoch, index
 
 
+# The validation sample is drawn with its own fixed seed, not training.seed: runs of a sweep that differ
+# in seed, batch size or anything else are validated on the very same examples.
+EVAL_SAMPLE_SEED = 20240917
+
+
+def eval_example_indices(n_examples: int, limit: int | None) -> list[int]:
+    """Which examples of a split are evaluated: all of them, or a fixed random sample of `limit`, in file order.
+
+    The choice depends only on the split's size and `limit`, never on the batch size or the run, so every
+    run of an experiment and of its baseline sees the same examples."""
+    if limit is None or limit >= n_examples:
+        return list(range(n_examples))
+    chosen = np.random.default_rng(EVAL_SAMPLE_SEED).choice(n_examples, size=limit, replace=False)
+    return sorted(int(i) for i in chosen)
+
+
 def eval_batches(sequences: list[Sequence], *, batch_size: int, max_length: int, packing: bool,
-                 pad_id: int, limit: int | None = None) -> list[Batch]:
-    """Evaluation batches in file order (no shuffle), the first `limit` of them (None = all)."""
+                 pad_id: int) -> list[Batch]:
+    """Evaluation batches over all of `sequences`, in order (no shuffle)."""
     if not sequences:
         return []
     builder = _RowBuilder(sequences, max_length, packing, pad_id)
     rows = builder.layout(np.arange(len(sequences)))
-    chunks = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)][:limit]
+    chunks = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
     return [builder.batch(chunk) for chunk in chunks]
 
 

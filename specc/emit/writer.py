@@ -312,3 +312,17 @@ def write_files(root: Path, files: dict[str, str]) -> WriteResult:
         if not any(d.iterdir()):
             d.rmdir()
     return WriteResult(written, unchanged, removed)
+
+
+def committed_step_counts(out_dir: Path) -> dict[str, tuple[int, str]]:
+    """Step counts earlier compiles made from tokenized data (config.json total_steps_key), so a machine
+    without the data compiles the same numbers (see specc.plan.runs.count_steps)."""
+    found: dict[str, tuple[int, str]] = {}
+    for path in sorted(Path(out_dir).glob("*/*/config.json")):
+        try:
+            t = json.loads(path.read_text(encoding="utf-8")).get("training") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(t, dict) and t.get("total_steps_key") and isinstance(t.get("total_steps"), int):
+            found[t["total_steps_key"]] = (t["total_steps"], str(t.get("total_steps_source", "")))
+    return found

@@ -41,8 +41,10 @@ class RunConfig:
         sched = self.schedule
         if sched is not None and not sched.start_step:
             sched = replace(sched, total_steps=steps, warmup_steps=min(sched.warmup_steps, steps - 1))
+        # The test stage is step-bounded even when the full run counts epochs.
+        training = self.training.model_copy(update={"max_steps": steps, "epochs": None})
         return replace(self, run=f"{self.run}.test", output_dir=self.output_dir.with_name(self.output_dir.name + ".test"),
-                       total_steps=steps, schedule=sched, test_max_steps=None)
+                       training=training, total_steps=steps, schedule=sched, test_max_steps=None)
 
 
 def from_dict(raw: dict, source: str) -> RunConfig:
@@ -51,7 +53,8 @@ def from_dict(raw: dict, source: str) -> RunConfig:
         if raw.get("format_version") != 1:
             raise UserError(f"{source}: unsupported config format {raw.get('format_version')!r}",
                             hint="recompile with this version of specc: `specc compile SPEC`")
-        training = {k: v for k, v in raw["training"].items() if k not in ("total_steps", "total_steps_source")}
+        training = {k: v for k, v in raw["training"].items()
+                    if k not in ("total_steps", "total_steps_source", "total_steps_key")}
         stages = raw.get("stages") or {}
         return RunConfig(
             raw=raw, experiment=raw["experiment"], run=raw["run"], kind=raw["kind"], backend=raw["backend"],

@@ -111,7 +111,7 @@ def train(s: Session) -> dict:
 
 
 def evaluate(s: Session, metrics: MetricsLog, progress: Progress) -> float | None:
-    """Validation loss over up to eval_batches batches; a new best publishes best/."""
+    """Validation loss over the fixed evaluation sample (training.eval_examples); a new best publishes best/."""
     batches = s.data.eval_batches("valid")
     if not batches:
         return None
@@ -124,7 +124,8 @@ def evaluate(s: Session, metrics: MetricsLog, progress: Progress) -> float | Non
     n = int(n)
     val = total / max(n, 1)
     state = s.state
-    metrics.write({"step": state["step"], "val_loss": val, "val_tokens": n})
+    metrics.write({"step": state["step"], "val_loss": val, "val_tokens": n,
+                   "val_examples": len(s.data.eval_examples("valid"))})
     best = state.get("best_val_loss")
     if best is None or val < best:
         state["best_val_loss"], state["best_step"] = val, state["step"]

@@ -4,11 +4,10 @@ Both backends get exactly what this builds, so a spec gives the same batches on 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from specc.data.batches import BatchPlan, eval_batches
+from specc.data.batches import BatchPlan, eval_batches, eval_example_indices
 from specc.data.jsonl import DatasetReport, load_dataset
 from specc.data.tokenize import TokenizationReport, pad_token_id, tokenize_split
 from specc.engine.config import RunConfig
@@ -72,18 +71,22 @@ class PreparedData:
     _cfg: RunConfig | None = field(repr=False, default=None)
 
     def eval_batches(self, split: str = "valid"):
-        """Validation batches, tokenized lazily on first use, then kept."""
+        """Batches of the split's evaluation sample (training.eval_examples, the same for every batch size),
+        tokenized lazily on first use, then kept."""
         if split not in self._eval_cache:
-            examples = self._examples.get(split)
-            if not examples:
-                self._eval_cache[split] = []
-            else:
-                c = self._cfg
-                seqs, _ = tokenize_split(self.tokenizer, examples, c.data.format, c.data.max_length, c.data.stride)
-                self._eval_cache[split] = eval_batches(seqs, batch_size=c.training.batch_size,
-                                                       max_length=c.data.max_length, packing=c.data.packing,
-                                                       pad_id=self.pad_id, limit=c.training.eval_batches)
+            c = self._cfg
+            chosen = self.eval_examples(split)
+            seqs, _ = tokenize_split(self.tokenizer, chosen, c.data.format, c.data.max_length, c.data.stride) \
+                if chosen else ([], None)
+            self._eval_cache[split] = eval_batches(seqs, batch_size=c.training.batch_size, max_length=c.data.max_length,
+                                                   packing=c.data.packing, pad_id=self.pad_id)
         return self._eval_cache[split]
+
+    def eval_examples(self, split: str = "valid") -> list[dict]:
+        """The examples an evaluation of `split` uses: a fixed sample of training.eval_examples (see
+        specc.data.batches.eval_example_indices), identical across the runs of an experiment and its baseline."""
+        examples = self._examples.get(split) or []
+        return [examples[i] for i in eval_example_indices(len(examples), self._cfg.training.eval_examples)]
 
 
 def prepare_data(cfg: RunConfig, model_dir: Path) -> PreparedData:
@@ -99,15 +102,15 @@ def prepare_data(cfg: RunConfig, model_dir: Path) -> PreparedData:
         return prepared
     seqs, tok_report = tokenize_split(tokenizer, examples["train"], d.format, d.max_length, d.stride)
     plan = BatchPlan(seqs, batch_size=t.batch_size, max_length=d.max_length, packing=d.packing, pad_id=pad_id, seed=t.seed)
-    if cfg.total_steps is not None:
-        total, source = cfg.total_steps, "declared (training.max_steps)" if t.max_steps else "planned"
+    if t.max_steps is not None:
+        total = cfg.total_steps if cfg.total_steps is not None else t.max_steps
+        source = "declared (training.max_steps)"
     else:
-        # Packing follows each epoch's order, so epochs differ by a batch or so: count them exactly.
-        whole = math.floor(t.epochs)
-        batches = plan.total_batches(whole) + round(plan.batches_per_epoch(whole) * (t.epochs - whole))
-        per_epoch = plan.batches_per_epoch(0)
-        total = max(1, batches // t.grad_accum)
-        source = f"{t.epochs:g} epochs × {per_epoch} batches per epoch ÷ accumulation {t.grad_accum}"
+        # An epoch is a pass over the rows this data really makes (packed rows with packing): counted here,
+        # whatever compile estimated when the data was not on its machine.
+        total, source = plan.steps_for_epochs(t.epochs, t.grad_accum), plan.steps_source(t.epochs, t.grad_accum)
+        if cfg.total_steps is not None and cfg.total_steps != total:
+            source += f"; the compiled config said {cfg.total_steps} ({cfg.raw.get('training', {}).get('total_steps_source', '?')})"
     prepared = PreparedData(tokenizer, report, plan, tok_report, total, source, pad_id, examples)
     prepared._cfg = cfg
     return prepared

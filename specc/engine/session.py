@@ -308,7 +308,10 @@ def evaluate_control(s: Session) -> dict:
             for b in batches:
                 loss_sum, count = s.backend.eval_loss(b)
                 total, n = total + loss_sum, n + count
-            s.state[f"{'val' if split == 'valid' else 'test'}_loss"] = total / max(n, 1)
-            s.console.print(f"control {split}: loss {total / max(n, 1):.4f} over {n} target tokens", markup=False)
+            prefix = "val" if split == "valid" else "test"
+            s.state[f"{prefix}_loss"] = total / max(n, 1)
+            s.state[f"{prefix}_tokens"], s.state[f"{prefix}_examples"] = n, len(s.data.eval_examples(split))
+            s.console.print(f"control {split}: loss {total / max(n, 1):.4f} over {n} target tokens of "
+                            f"{len(s.data.eval_examples(split))} examples", markup=False)
     s.state["best_val_loss"] = s.state.get("val_loss")
     return s.write_summary("completed", "control run: base model evaluated")

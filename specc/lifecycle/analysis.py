@@ -7,7 +7,6 @@ truncation, windows and packing are what training will see.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,15 +87,10 @@ _TOKENIZED: dict = {}
 
 def analyze_data(config: dict, model_dir: Path) -> DataAnalysis:
     """Tokenize the run's data with the model's tokenizer and size the run as prepare_data will."""
-    from specc.data.batches import BatchPlan, eval_batches
-    from specc.data.jsonl import load_dataset
-    from specc.data.tokenize import pad_token_id, tokenize_split
-    from specc.engine.prepare import load_tokenizer
-
     d, t = config["data"], config["training"]
     key = (str(model_dir), d.get("train"), d.get("valid"), d.get("test"), d["format"], d["max_length"], d.get("stride"),
            d.get("packing", True), t["batch_size"], t["grad_accum"], t.get("max_steps"), t.get("epochs"),
-           t.get("seed"), t.get("eval_batches"))
+           t.get("seed"), t.get("eval_examples"))
     if key not in _ANALYSED:   # a sweep's runs mostly share their data and batching
         _ANALYSED[key] = _analyze(config, model_dir, key)
     return _ANALYSED[key]
@@ -112,7 +106,7 @@ def clear_caches() -> None:
 
 
 def _analyze(config: dict, model_dir: Path, key: tuple) -> DataAnalysis:
-    from specc.data.batches import BatchPlan, eval_batches
+    from specc.data.batches import BatchPlan, eval_batches, eval_example_indices
     from specc.data.jsonl import load_dataset
     from specc.data.tokenize import pad_token_id, tokenize_split
     from specc.engine.prepare import load_tokenizer
@@ -135,14 +129,11 @@ def _analyze(config: dict, model_dir: Path, key: tuple) -> DataAnalysis:
             if report.n_truncated:
                 _, full = tokenize_split(tokenizer, examples["train"], d["format"], max(report.length_max, 2), None)
                 lost = 1 - report.n_unique_tokens / full.n_tokens if full.n_tokens else None
-            valid_seqs = None
-            if examples.get("valid"):
-                valid_seqs, _ = tokenize_split(tokenizer, examples["valid"], d["format"], d["max_length"], d.get("stride"))
-            _TOKENIZED[tok_key] = (tokenizer, dataset, seqs, report, lost, valid_seqs)
-        tokenizer, dataset, seqs, report, lost, valid_seqs = _TOKENIZED[tok_key]
+            _TOKENIZED[tok_key] = (tokenizer, dataset, seqs, report, lost, examples.get("valid"))
+        tokenizer, dataset, seqs, report, lost, valid_examples = _TOKENIZED[tok_key]
     except UserError as exc:
         return DataAnalysis(key, [], {}, None, None, None, None, None, "", None, None, None, [],
-                            problem=str(exc).splitlines()[0])
+                            problem=str(exc))
     pad = pad_token_id(tokenizer)
     plan = BatchPlan(seqs, batch_size=t["batch_size"], max_length=d["max_length"], packing=d.get("packing", True),
                      pad_id=pad, seed=t.get("seed", 0))
@@ -150,20 +141,17 @@ def _analyze(config: dict, model_dir: Path, key: tuple) -> DataAnalysis:
     per_epoch = plan.batches_per_epoch(0)
     if t.get("max_steps"):
         steps, source = int(t["max_steps"]), "declared (training.max_steps)"
-        tokens = None
+        tokens = report.n_tokens * steps * t["grad_accum"] / max(per_epoch, 1)   # the steps' share of epochs
     else:
         epochs = float(t["epochs"])
-        whole = math.floor(epochs)
-        batches = plan.total_batches(whole) + round(plan.batches_per_epoch(whole) * (epochs - whole))
-        steps = max(1, batches // t["grad_accum"])
-        source = f"{epochs:g} epochs × {per_epoch} batches per epoch ÷ accumulation {t['grad_accum']} (tokenized)"
+        steps, source = plan.steps_for_epochs(epochs, t["grad_accum"]), plan.steps_source(epochs, t["grad_accum"])
         tokens = report.n_tokens * epochs
-    if tokens is None:   # max_steps: the steps' share of epochs
-        tokens = report.n_tokens * steps * t["grad_accum"] / max(per_epoch, 1)
     n_eval = None
-    if valid_seqs:
+    if valid_examples:
+        chosen = [valid_examples[i] for i in eval_example_indices(len(valid_examples), t.get("eval_examples"))]
+        valid_seqs, _ = tokenize_split(tokenizer, chosen, d["format"], d["max_length"], d.get("stride"))
         n_eval = len(eval_batches(valid_seqs, batch_size=t["batch_size"], max_length=d["max_length"],
-                                  packing=d.get("packing", True), pad_id=pad, limit=t.get("eval_batches")))
+                                  packing=d.get("packing", True), pad_id=pad))
     warnings = list(report.warnings)
     if lost is not None and lost > TRUNCATED_TOKENS:
         warnings.append(f"{lost:.0%} of the training tokens are cut off at max_length={d['max_length']}: most of the "

@@ -17,7 +17,9 @@ from pathlib import Path
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from specc import __version__
-from specc.errors import SpecError, SpecIssue
+from specc.data.batches import epoch_steps
+from specc.data.steps import CountInputs
+from specc.errors import SpecError, SpecIssue, UserError
 from specc.plan.resources import ResolvedResources, resolve_resources
 from specc.plan.schedule import ScheduleSpec
 from specc.spec.catalog import load_catalog
@@ -32,7 +34,8 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.]+)\}")
 @dataclass(frozen=True)
 class StepCount:
     steps: int | None           # optimizer steps, None when only the data can tell
-    source: str                 # "declared (max_steps)", "counted (N samples in train.jsonl)", ...
+    source: str                 # "declared (max_steps)", "counted: ... from the tokenized train split", "estimated: ..."
+    key: str | None = None      # counted from tokenized data: the inputs' digest (config.json total_steps_key)
 
 
 @dataclass(frozen=True)
@@ -117,31 +120,74 @@ def _rel(spec_dir: Path, value: str | None) -> str | None:
     return os.path.relpath(os.path.normpath(spec_dir / value))
 
 
-def count_steps(spec: Spec, spec_dir: Path) -> StepCount:
-    """Optimizer steps of a run, and where the number came from."""
+def count_steps(spec: Spec, spec_dir: Path, counted: dict[str, tuple[int, str]] | None = None) -> StepCount:
+    """Optimizer steps of a run, and where the number came from.
+
+    For `epochs`, the steps follow the rows the tokenized data makes (packed rows with packing): counted
+    with the model's tokenizer when the model and train split are on this machine, else taken from
+    `counted` (what an earlier compile counted for the same inputs, so `compile --check` agrees on a
+    machine without the data), else estimated and marked so (the run counts them exactly)."""
     t, d = spec.training, spec.data
     if t.max_steps is not None:
         return StepCount(t.max_steps, "declared (training.max_steps)")
+    inputs = _count_inputs(spec)
+    exact = _tokenized_count(spec, spec_dir, inputs)
+    if exact is not None:
+        return StepCount(exact[0], exact[1], inputs.key())
+    if counted and inputs.key() in counted:
+        steps, source = counted[inputs.key()]
+        return StepCount(steps, source, inputs.key())
     samples, source = d.samples, "declared data.samples"
     train = spec_dir / d.train if samples is None and not d.train.startswith("builtin:") else None
     if train is not None and train.is_file():
         with open(train, "rb") as fh:
             samples = sum(1 for line in fh if line.strip())
-        source = f"counted: {samples} lines in {d.train}"
+        source = f"{samples} lines in {d.train}"
     if samples is None:
         return StepCount(None, "from the data at run start (epochs × batches per epoch)")
-    per_step = t.batch_size * t.grad_accum
     if d.packing and d.avg_tokens:
         rows = math.ceil(samples * d.avg_tokens / d.max_length)
-        return StepCount(max(1, math.ceil(rows * t.epochs / per_step)),
-                         f"estimated: {source}, packed at avg_tokens={d.avg_tokens:g} (exact at run start)")
-    steps = max(1, math.ceil(math.ceil(samples / t.batch_size) * t.epochs / t.grad_accum))
-    exact = "" if not d.packing else ", one sample per row (packing makes it fewer; exact at run start)"
-    return StepCount(steps, f"{source}{exact}")
+        what = f"{source}, packed at avg_tokens={d.avg_tokens:g}"
+    else:
+        rows = samples
+        what = f"{source}, one sample per row" + (" (packing makes it fewer)" if d.packing else "")
+    per_epoch = math.ceil(rows / t.batch_size)
+    steps = epoch_steps(per_epoch * math.floor(t.epochs), per_epoch, t.epochs, t.grad_accum)
+    return StepCount(steps, f"estimated: {what}; the run counts the tokenized rows exactly")
 
 
-def plan_experiment(loaded: LoadedSpec) -> ExperimentPlan:
-    """Expand and resolve every run of a spec, or raise SpecError with every problem."""
+def _count_inputs(spec: Spec) -> CountInputs:
+    t, d = spec.training, spec.data
+    return CountInputs(spec.model.path, d.train, d.format, d.max_length, d.stride, d.packing, t.batch_size,
+                       t.grad_accum, float(t.epochs), t.seed)
+
+
+def _tokenized_count(spec: Spec, spec_dir: Path, inputs: CountInputs) -> tuple[int, str] | None:
+    """The exact count, when the model and the train split are on this machine (builtin ones always are)."""
+    from specc.data.steps import count_epoch_steps
+
+    model, train = spec.model.path, spec.data.train
+    model_dir = None if model.startswith("builtin:") else (spec_dir / model)
+    train_path = None if train.startswith("builtin:") else (spec_dir / train)
+    if (model_dir is not None and not (model_dir / "config.json").is_file()) or \
+            (train_path is not None and not train_path.is_file()):
+        return None
+    if model_dir is None:
+        from specc.engine.prepare import resolve_model_path
+
+        model_dir = resolve_model_path(model)
+    if train_path is None:
+        from specc.builtin.datasets import resolve_builtin_data
+        from specc.builtin.tiny_llama import default_cache_root
+
+        train_path = resolve_builtin_data(train, default_cache_root() / "data")["train"]
+    return count_epoch_steps(inputs, model_dir, train_path)
+
+
+def plan_experiment(loaded: LoadedSpec, counted: dict[str, tuple[int, str]] | None = None) -> ExperimentPlan:
+    """Expand and resolve every run of a spec, or raise SpecError with every problem.
+
+    `counted`: step counts an earlier compile made from tokenized data, by CountInputs key (see count_steps)."""
     spec, located = loaded.spec, loaded.located
     spec_dir = loaded.path.parent
     issues: list[SpecIssue] = []
@@ -207,7 +253,7 @@ def plan_experiment(loaded: LoadedSpec) -> ExperimentPlan:
             continue
         names[name] = point
         runs.append(_build_run(loaded, run_spec, name, "train", len(runs), point, provenance, catalog, issues,
-                               resolved_cache))
+                               resolved_cache, counted))
         controls.setdefault(run_spec.model.path, run_spec)
 
     if spec.sweep is not None and spec.sweep.control and not issues:
@@ -317,10 +363,17 @@ def _apply_profile(spec: Spec, point) -> tuple[Spec, tuple]:
 
 
 def _build_run(loaded: LoadedSpec, spec: Spec, name: str, kind: str, index: int, point, provenance, catalog,
-               issues: list[SpecIssue], cache: dict | None = None) -> RunPlan:
+               issues: list[SpecIssue], cache: dict | None = None, counted: dict | None = None) -> RunPlan:
     located, spec_dir = loaded.located, loaded.path.parent
     t = spec.training
-    steps = count_steps(spec, spec_dir) if kind == "train" else StepCount(0, "control: evaluation only")
+    steps = StepCount(0, "control: evaluation only")
+    if kind == "train":
+        try:
+            steps = count_steps(spec, spec_dir, counted)
+        except UserError as exc:   # the data or tokenizer the count needs is broken: say where
+            issues.append(located.issue(("data", "train"), f"run {name}: cannot count the steps of "
+                                        f"{t.epochs:g} epochs: {str(exc)}"))
+            steps = StepCount(None, "unknown: the data could not be tokenized")
     schedule = None
     if kind == "train" and steps.steps is not None:
         cont = spec.continuation
@@ -377,6 +430,8 @@ def _trainer_config(spec: Spec, spec_dir: Path, name, kind, index, point, steps,
     training = spec.training.model_dump(mode="json")
     training["total_steps"] = steps.steps
     training["total_steps_source"] = steps.source
+    if steps.key:
+        training["total_steps_key"] = steps.key
     stages = {}
     if test_resources is not None:
         stages["test"] = {"max_steps": spec.stages.test.max_steps, "time": test_resources.time}

@@ -63,7 +63,8 @@ Comparator = Literal["<", "<=", ">", ">=", "==", "within"]
 
 
 class Expected(Strict):
-    metric: str = Field(description="val_loss, final_loss, best_val_loss, tokens_per_s, wall_hours, peak_mem_gb, or a custom metric")
+    metric: str = Field(description="a summary.json metric (best_val_loss, final_loss, val_loss, tokens_per_s, wall_hours, "
+                                    "peak_mem_gb, ...: specc/spec/metrics.py) or eval.<task>.<metric>")
     comparator: Comparator
     target: float
     tolerance: float = Field(0.0, ge=0, description="absolute slack; for 'within' a relative band is target*tolerance when relative=true")
@@ -75,6 +76,11 @@ class Expected(Strict):
     def _metric_name(cls, v: str) -> str:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_.]*$", v):
             raise ValueError(f"metric {v!r} must be an identifier such as val_loss")
+        from specc.spec.metrics import unknown_metric
+
+        problem = unknown_metric(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
 
@@ -145,10 +151,19 @@ class Training(Strict):
     weight_decay: float = Field(0.0, ge=0)
     seed: int = Field(0, ge=0, lt=2**32)
     eval_every: int = Field(250, ge=1)
-    eval_batches: int | None = Field(50, ge=1, description="null = the whole validation split")
+    eval_examples: int | None = Field(500, ge=1, description="validation (and control) examples per evaluation: a "
+                                      "fixed sample, the same for every batch size and run; null = the whole split")
     checkpoint_every: int = Field(250, ge=1)
     keep_last: int = Field(2, ge=1)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "eval_batches" in data:
+            raise ValueError("training.eval_batches was replaced by eval_examples: a fixed number of validation "
+                             "examples, the same whatever the batch size (e.g. eval_examples: 500; null = all)")
+        return data
 
     @model_validator(mode="after")
     def _length(self):

@@ -71,7 +71,7 @@ def base_spec(model_dir: Path, data_dir: Path, backend: str) -> dict:
                  "format": "text", "max_length": 32, "packing": True},
         "training": {"max_steps": 16, "batch_size": 4, "grad_accum": 2, "lr": 1.0e-2,
                      "schedule": {"kind": "cosine", "warmup_steps": 2, "min_lr_ratio": 0.1},
-                     "eval_every": 4, "eval_batches": 2, "checkpoint_every": 2, "keep_last": 2,
+                     "eval_every": 4, "eval_examples": 8, "checkpoint_every": 2, "keep_last": 2,
                      "early_stopping": {"enabled": False}, "seed": 7},
         "resources": {"cluster": "local", "partition": "debug", "time": "00:10:00"},
         "backend": backend,

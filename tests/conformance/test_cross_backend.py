@@ -37,7 +37,7 @@ experiment: agree-{quantization}
 hypothesis: {{statement: the backends agree}}
 model: {{path: {model}, quantization: {quantization}, lora: {{rank: 4, alpha: 8, dropout: 0.0}}}}
 data: {{train: {data}/train.jsonl, valid: {data}/valid.jsonl, format: text, max_length: 48}}
-training: {{max_steps: {steps}, batch_size: 4, grad_accum: 2, lr: 0.01, eval_every: 100, eval_batches: 4,
+training: {{max_steps: {steps}, batch_size: 4, grad_accum: 2, lr: 0.01, eval_every: 100, eval_examples: 16,
            checkpoint_every: 100, schedule: {{kind: cosine, warmup_steps: 1}}}}
 """)
     return spec

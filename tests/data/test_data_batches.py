@@ -3,7 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specc.data.batches import PAD_TO_MULTIPLE, BatchPlan, BatchStream, eval_batches, packing_efficiency
+from specc.data.batches import (PAD_TO_MULTIPLE, BatchPlan, BatchStream, eval_batches, eval_example_indices,
+                                 packing_efficiency)
 from specc.data.tokenize import Sequence
 from specc.errors import UserError
 
@@ -160,11 +161,10 @@ def test_unpacked_rows_pad_to_a_multiple_of_eight():
     assert plan.packing_efficiency() == 8 / 16
 
 
-def test_eval_batches_are_in_file_order_and_limited():
+def test_eval_batches_are_in_file_order():
     sequences = make_sequences([2, 3, 4, 5, 6])
     batches = eval_batches(sequences, batch_size=2, max_length=8, packing=False, pad_id=PAD)
     assert [s for b in batches for s in segments(b)] == [(s.token_ids, s.target_mask) for s in sequences]
-    assert len(eval_batches(sequences, batch_size=2, max_length=8, packing=False, pad_id=PAD, limit=2)) == 2
     packed = eval_batches(sequences, batch_size=1, max_length=8, packing=True, pad_id=PAD)
     assert [b.segment_ids.max() for b in packed] == [2, 1, 1, 1]   # [2+3], [4], [5], [6]
     assert eval_batches([], batch_size=2, max_length=8, packing=True, pad_id=PAD) == []
@@ -177,3 +177,13 @@ def test_bad_inputs():
         BatchPlan(make_sequences([9]), batch_size=1, max_length=8, packing=True, pad_id=PAD, seed=0)
     with pytest.raises(ValueError, match="mask"):
         Sequence((1, 2), (1, 1))
+
+
+def test_the_evaluation_sample_is_fixed_and_independent_of_the_run():
+    """eval_examples picks the same examples whatever the batch size, seed or run: a fixed sample, in file order."""
+    assert eval_example_indices(10, None) == list(range(10))
+    assert eval_example_indices(10, 50) == list(range(10))
+    chosen = eval_example_indices(1000, 64)
+    assert len(chosen) == 64 == len(set(chosen)) and chosen == sorted(chosen)
+    assert chosen == eval_example_indices(1000, 64)          # a pure function of (size, limit)
+    assert chosen != list(range(64))                         # a sample, not the file's head (files are often sorted)

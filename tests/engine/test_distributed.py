@@ -34,7 +34,7 @@ def spec(root: Path, experiment: str, grad_accum: int) -> Path:
         "data": {"train": str(root / "train.jsonl"), "valid": str(root / "train.jsonl"),
                  "format": "prompt_completion", "max_length": 32, "packing": False},
         "training": {"max_steps": STEPS, "batch_size": 2, "grad_accum": grad_accum, "lr": 0.01,
-                     "schedule": {"kind": "constant", "warmup_steps": 0}, "eval_every": 2, "eval_batches": 3,
+                     "schedule": {"kind": "constant", "warmup_steps": 0}, "eval_every": 2, "eval_examples": 12,
                      "checkpoint_every": 2, "early_stopping": {"enabled": False}},
         "backend": "torch",
     }

@@ -42,7 +42,7 @@ def test_two_rank_job_is_preempted_requeued_and_finishes(slurm_cluster, tmp_path
             "data": {"train": str(tmp_path / "train.jsonl"), "valid": str(tmp_path / "train.jsonl"),
                      "format": "prompt_completion", "max_length": 32, "packing": False},
             "training": {"max_steps": STEPS, "batch_size": 2, "grad_accum": 2, "lr": 0.01,
-                         "schedule": {"kind": "constant", "warmup_steps": 0}, "eval_every": 1000, "eval_batches": 2,
+                         "schedule": {"kind": "constant", "warmup_steps": 0}, "eval_every": 1000, "eval_examples": 8,
                          "checkpoint_every": 1000, "early_stopping": {"enabled": False}},
             "resources": {"cluster": "local", "partition": "debug", "gpus": 2, "cpus": 2, "mem": "2G", "time": "00:10:00"},
             "backend": "torch"}

@@ -68,7 +68,7 @@ def spec(root: Path, files: dict, experiment: str, *, steps: int, test_steps: in
         "data": {"train": str(files["train"]), "valid": str(files["train"]), "format": "prompt_completion",
                  "max_length": 32, "packing": False},
         "training": {"max_steps": steps, "batch_size": 8, "grad_accum": 1, "lr": 0.01,
-                     "schedule": {"kind": "constant", "warmup_steps": 0}, "eval_every": 1000, "eval_batches": 1,
+                     "schedule": {"kind": "constant", "warmup_steps": 0}, "eval_every": 1000, "eval_examples": 4,
                      "checkpoint_every": 1000, "early_stopping": {"enabled": False}},
         "resources": {"cluster": "local", "cpus": 1, "mem": "1G", "time": "00:10:00"},
         "backend": "torch",
