@@ -137,7 +137,7 @@ class MLXBackend:
         self.compile: bool | None = None if env in ("", "auto") else env not in ("0", "false", "no", "off")
 
     # ------------------------------------------------------------------ setup
-    def setup(self, model: ModelSettings, lora: LoraSettings, optim: OptimizerSettings, seed: int) -> None:
+    def setup(self, model: ModelSettings, lora: LoraSettings | None, optim: OptimizerSettings, seed: int) -> None:
         import mlx.core as mx
         import mlx.nn as nn
         import mlx.optimizers as optimizers
@@ -223,36 +223,20 @@ class MLXBackend:
             raise UserError(f"unknown quantization {model.quantization!r}", hint="use nf4 or none",
                             where="model.quantization")
 
-        # LoRA
+        # LoRA (none for a control run: the base model alone, evaluated)
         n_blocks = len(inner.layers)
-        num_layers = n_blocks if lora.layers is None else int(lora.layers)
-        if not 1 <= num_layers <= n_blocks:
-            raise UserError(f"lora.layers={lora.layers} but the model has {n_blocks} blocks",
-                            hint=f"use 1..{n_blocks} or leave it unset for all", where="lora.layers")
-        block_modules = {name for name, _ in inner.layers[-1].named_modules() if name}
-        keys = []
-        for target in lora.target_modules:
-            key = HF_TO_MLX_KEYS.get(target, target)
-            if key not in block_modules:
-                matches = sorted(n for n in block_modules if n.rsplit(".", 1)[-1] == target)
-                if len(matches) != 1:
-                    linears = sorted(n for n, m in inner.layers[-1].named_modules()
-                                     if isinstance(m, (nn.Linear, nn.QuantizedLinear)))
-                    raise UserError(f"LoRA target module {target!r} not found in a {model_type} block",
-                                    hint=f"available: {', '.join(linears)}", where="lora.target_modules")
-                key = matches[0]
-            keys.append(key)
-        if lora.rank < 1:
-            raise UserError(f"lora.rank must be >= 1, got {lora.rank}", where="lora.rank")
-        self.lora_parameters = {
-            "rank": int(lora.rank),
-            "scale": float(lora.alpha) / float(lora.rank),
-            "dropout": float(lora.dropout),
-            "keys": keys,
-        }
         net.freeze()
-        mx.random.seed(seed)
-        linear_to_lora_layers(net, num_layers, self.lora_parameters)
+        num_layers, keys, self.lora_parameters = 0, [], None
+        if lora is not None:
+            num_layers, keys = self._lora_targets(inner, lora, model_type, n_blocks)
+            self.lora_parameters = {
+                "rank": int(lora.rank),
+                "scale": float(lora.alpha) / float(lora.rank),
+                "dropout": float(lora.dropout),
+                "keys": keys,
+            }
+            mx.random.seed(seed)
+            linear_to_lora_layers(net, num_layers, self.lora_parameters)
         net.train()
         mx.eval(net.parameters())
 
@@ -296,8 +280,9 @@ class MLXBackend:
             "quantization": quant,
             "params_total": int(get_total_parameters(net)),
             "params_trainable": int(trainable),
-            "lora": {"rank": lora.rank, "alpha": lora.alpha, "mlx_scale": self.lora_parameters["scale"],
-                     "dropout": lora.dropout, "keys": keys, "num_layers": num_layers, "blocks": n_blocks},
+            "lora": None if lora is None else {
+                "rank": lora.rank, "alpha": lora.alpha, "mlx_scale": self.lora_parameters["scale"],
+                "dropout": lora.dropout, "keys": keys, "num_layers": num_layers, "blocks": n_blocks},
             "attention": "causal and block-diagonal over segment_ids (explicit bool mask); "
                          "RoPE positions continue across packed documents (relative, same logits)",
             "batch_layout": ("as given (compiled: fixed shapes)" if self.compile else
@@ -306,6 +291,29 @@ class MLXBackend:
             "gradient_checkpointing": self.grad_checkpoint,
             "compiled": self.compile,
         }
+
+    def _lora_targets(self, inner, lora: LoraSettings, model_type: str, n_blocks: int) -> tuple[int, list[str]]:
+        """(blocks from the end that get adapters, mlx-lm module keys) for lora.layers and lora.target_modules."""
+        import mlx.nn as nn
+
+        num_layers = n_blocks if lora.layers is None else int(lora.layers)
+        if not 1 <= num_layers <= n_blocks:
+            raise UserError(f"lora.layers={lora.layers} but the model has {n_blocks} blocks",
+                            hint=f"use 1..{n_blocks} or leave it unset for all", where="lora.layers")
+        block_modules = {name for name, _ in inner.layers[-1].named_modules() if name}
+        keys = []
+        for target in lora.target_modules:
+            key = HF_TO_MLX_KEYS.get(target, target)
+            if key not in block_modules:
+                matches = sorted(n for n in block_modules if n.rsplit(".", 1)[-1] == target)
+                if len(matches) != 1:
+                    linears = sorted(n for n, m in inner.layers[-1].named_modules()
+                                     if isinstance(m, (nn.Linear, nn.QuantizedLinear)))
+                    raise UserError(f"LoRA target module {target!r} not found in a {model_type} block",
+                                    hint=f"available: {', '.join(linears)}", where="lora.target_modules")
+                key = matches[0]
+            keys.append(key)
+        return num_layers, keys
 
     # ------------------------------------------------------------- model pass
     def _mask(self, segment_ids):

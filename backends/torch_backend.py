@@ -77,11 +77,10 @@ class TorchBackend:
         self._described: dict[str, object] = {}
 
     # ------------------------------------------------------------------ setup
-    def setup(self, model: ModelSettings, lora: LoraSettings, optim: OptimizerSettings, seed: int) -> None:
+    def setup(self, model: ModelSettings, lora: LoraSettings | None, optim: OptimizerSettings, seed: int) -> None:
         path = validate_model_dir(model.path)
         import torch
         import transformers
-        from peft import LoraConfig, get_peft_model
 
         self._torch = torch
         self.optim_settings = optim
@@ -136,30 +135,17 @@ class TorchBackend:
 
         n_layers = int(getattr(base.config, "num_hidden_layers", 0) or 0)
         layers_to_transform = None
-        if lora.layers is not None:
-            if not 1 <= lora.layers <= n_layers:
-                raise UserError(f"lora.layers={lora.layers} but the model has {n_layers} transformer blocks",
-                                hint=f"use 1..{n_layers}, or leave it unset for all blocks")
-            layers_to_transform = list(range(n_layers - lora.layers, n_layers))
-        config = LoraConfig(
-            r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-            target_modules=list(lora.target_modules), layers_to_transform=layers_to_transform,
-            bias="none", task_type="CAUSAL_LM",
-        )
-        # Seed right before the adapters are created: LoRA A init is then a function of `seed` only
-        # (B starts at zero, so the wrapped model computes exactly the base model).
-        torch.manual_seed(seed)
-        if torch.cuda.is_available():
-            torch.cuda.manual_seed_all(seed)
-        try:
-            with warnings.catch_warnings():  # peft asks the deprecated is_gradient_checkpointing (transformers 5)
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                self.model = get_peft_model(base, config)
-        except ValueError as exc:
-            raise UserError(f"could not add LoRA adapters: {exc}",
-                            hint="lora.target_modules must name Linear layers of the model, e.g. q_proj, v_proj") from exc
+        if lora is None:   # a control run: the base model alone, evaluated; nothing trains
+            self.model = base.requires_grad_(False)
+        else:
+            if lora.layers is not None:
+                if not 1 <= lora.layers <= n_layers:
+                    raise UserError(f"lora.layers={lora.layers} but the model has {n_layers} transformer blocks",
+                                    hint=f"use 1..{n_layers}, or leave it unset for all blocks")
+                layers_to_transform = list(range(n_layers - lora.layers, n_layers))
+            self.model = self._with_lora(base, lora, layers_to_transform, seed)
         if model.gradient_checkpointing:
-            hf = self.model.get_base_model()
+            hf = self._hf()
             if hasattr(hf, "activation_checkpointing_enable"):  # transformers >= 5 name
                 hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
@@ -182,9 +168,9 @@ class TorchBackend:
         self._fused = all(p.dtype in (torch.float32, torch.bfloat16, torch.float16) for p in self.params)
         self.optimizer = torch.optim.AdamW(
             self.params, lr=0.0, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay,
-            **({"fused": True} if self._fused else {"foreach": False}))
+            **({"fused": True} if self._fused else {"foreach": False})) if self.params else None
 
-        hf = self.model.get_base_model()
+        hf = self._hf()
         self._plain_head = (getattr(hf.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES
                             and not any(getattr(hf.config, a, None) not in (None, 1, 1.0) for a in
                                         ("final_logit_softcapping", "logit_scale", "logits_scaling"))
@@ -209,7 +195,8 @@ class TorchBackend:
             "trainable_tensors": len(self.params),
             "attn_implementation": self.attn_implementation,
             "gradient_checkpointing": bool(model.gradient_checkpointing),
-            "lora_layers": layers_to_transform if layers_to_transform is not None else f"all {n_layers}",
+            "lora_layers": "none (base model only)" if lora is None else
+                           layers_to_transform if layers_to_transform is not None else f"all {n_layers}",
             "loss_head": "gathered targets" if self._plain_head else "full logits",
             "torch": torch.__version__,
             "transformers": transformers.__version__,
@@ -218,6 +205,31 @@ class TorchBackend:
             "model_path": str(path),
         }
         self.model_path = path
+
+    def _with_lora(self, base, lora: LoraSettings, layers_to_transform, seed: int):
+        """peft's LoRA on the base, A initialised from `seed` alone (B starts at zero: the base model exactly)."""
+        torch = self._torch
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules), layers_to_transform=layers_to_transform,
+            bias="none", task_type="CAUSAL_LM",
+        )
+        torch.manual_seed(seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(seed)
+        try:
+            with warnings.catch_warnings():  # peft asks the deprecated is_gradient_checkpointing (transformers 5)
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                return get_peft_model(base, config)
+        except ValueError as exc:
+            raise UserError(f"could not add LoRA adapters: {exc}",
+                            hint="lora.target_modules must name Linear layers of the model, e.g. q_proj, v_proj") from exc
+
+    def _hf(self):
+        """The transformers model under peft's wrapper (or the model itself, without LoRA)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
     def _device_map_target(self, device):
         if device.type == "cuda":
@@ -388,7 +400,8 @@ class TorchBackend:
                 g.copy_(summed)
 
     def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
         torch = self._torch

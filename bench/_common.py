@@ -78,7 +78,7 @@ def builtin_paths() -> tuple[Path, dict[str, Path]]:
     once by the parent so every child of a benchmark uses the very same files."""
     from specc.builtin.datasets import resolve_builtin_data
     from specc.builtin.tiny_llama import default_cache_root
-    from specc.engine.prepare import resolve_model_path
+    from specc.data.sources import resolve_model_path
 
     model = resolve_model_path("builtin:tiny-llama")
     data = resolve_builtin_data("builtin:capitalization", default_cache_root() / "data")
@@ -135,7 +135,7 @@ def docs_per_batch(model_dir: Path, train: Path, batch_size: int, max_length: in
     from specc.data.batches import BatchPlan
     from specc.data.jsonl import load_dataset
     from specc.data.tokenize import pad_token_id, tokenize_split
-    from specc.engine.prepare import load_tokenizer
+    from specc.data.sources import load_tokenizer
 
     tok = load_tokenizer(model_dir)
     examples, _ = load_dataset({"train": train, "valid": None, "test": None}, "prompt_completion")

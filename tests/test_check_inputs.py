@@ -83,6 +83,8 @@ def test_plan_fails_on_broken_inputs_in_full(tmp_path, what):
 def test_check_passes_good_inputs_and_notes_what_is_elsewhere(tmp_path):
     root = _workspace(tmp_path)
     assert specc("check", str(_spec(root)), cwd=root).returncode == 0
+    r = specc("plan", str(_spec(root)), "--runs-dir", str(root / "runs"), cwd=root)
+    assert r.returncode == 0, r.stdout + r.stderr
     spec = _spec(root).read_text().replace("{path: model,", "{path: /cluster/models/llama,")
     (root / "spec.yaml").write_text(spec)
     r = specc("check", str(root / "spec.yaml"), cwd=root)

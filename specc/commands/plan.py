@@ -180,14 +180,14 @@ def plan(
     # Window and batch.
     out.print("")
     out.print("[bold]Fit to the window[/]")
-    shown = set()
+    groups: dict = {}   # runs with the same verdict are listed together, none dropped
     for run in p.runs:
         fit = fits[run.name]
-        if run.kind != "train" or (fit.text, fit.suggestions) in shown:
-            continue
-        shown.add((fit.text, fit.suggestions))
+        if run.kind == "train":
+            groups.setdefault((fit.text, fit.suggestions), (fit, []))[1].append(run.name)
+    for fit, names in groups.values():
         colour = "green" if fit.fits else "red" if fit.fits is False else "yellow"
-        out.print(f"  {_e(run.name)}: [{colour}]{_e(fit.text)}[/]")
+        out.print(f"  {_e(', '.join(names))}: [{colour}]{_e(fit.text)}[/]")
         for s in fit.suggestions:
             out.print(f"    → {_e(s)}")
     res = first.resources
@@ -259,6 +259,9 @@ def _fail_on_broken_inputs(inputs, analyses: dict) -> None:
     if lines:
         fail(UserError(f"{len(lines)} problem{'s' if len(lines) != 1 else ''} with the model and data; `specc run` "
                        "would stop on them at start:\n" + "\n".join(lines)))
+
+
+def _short(v) -> str:
     if isinstance(v, dict):
         keys = [k for k in ("size", "rank") if k in v] or [k for k in v if k == "path"] or list(v)[:2]
         return ", ".join(f"{k}={v[k]}" for k in keys)[:40]

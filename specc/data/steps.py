@@ -40,7 +40,7 @@ def count_epoch_steps(inputs: CountInputs, model_dir: Path, train_path: Path) ->
     from specc.data.batches import BatchPlan
     from specc.data.jsonl import read_examples
     from specc.data.tokenize import pad_token_id, tokenize_split
-    from specc.engine.prepare import load_tokenizer
+    from specc.data.sources import load_tokenizer
 
     stat = Path(train_path).stat()
     cache_key = (inputs, str(model_dir), str(train_path), stat.st_mtime_ns, stat.st_size)

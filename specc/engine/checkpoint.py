@@ -513,6 +513,31 @@ def find_latest_valid(ckpt_root: Path) -> tuple[Path | None, list[str]]:
     return None, warnings
 
 
+def newest_valid(ckpt_root: Path) -> tuple[Path | None, list[str]]:
+    """Like find_latest_valid, but read-only: nothing is repaired or removed (to decide before acting).
+
+    A `step_N.old-<pid>` set aside by an interrupted replace counts as step N (find_latest_valid would
+    restore it); unfinished `*.tmp-*` saves never count."""
+    root = Path(ckpt_root)
+    candidates = list_checkpoints(root)
+    if root.is_dir():
+        rx = re.compile(_LEFTOVER_RE.format(base=r"step_\d+"))
+        taken = {s for s, _ in candidates}
+        for entry in root.iterdir():
+            m = rx.match(entry.name)
+            if m and m.group("kind") == "old" and _parse_step(m.group("base")) not in taken:
+                candidates.append((_parse_step(m.group("base")), entry))
+    warnings: list[str] = []
+    for step, path in sorted(candidates, reverse=True):
+        try:
+            verify_checkpoint(path)
+        except CorruptCheckpoint as e:
+            warnings.append(f"skipping checkpoint {path.name}: {e.message}")
+            continue
+        return path, warnings
+    return None, warnings
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     """Verify, then return (arrays, trainer_state) exactly as written (trainer_state without
     "format_version")."""

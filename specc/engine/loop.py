@@ -86,7 +86,7 @@ def train(s: Session) -> dict:
                     state["mem_warned"] = True
                     progress.message(f"warning: {warning}")
                 progress.update(state["step"], loss, loss_avg.value, mem.current_mb,
-                                state["step"] - state["last_ckpt"], warning)
+                                state["step"] - state["last_ckpt"] if state["last_ckpt"] else None, warning)
                 if state["step"] % cfg.training.eval_every == 0 or state["step"] == s.total_steps:
                     evaluate(s, metrics, progress)
                 stop = stopper.after_step(state["step"], loss_avg.value, result.grad_norm)

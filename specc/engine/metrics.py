@@ -121,14 +121,16 @@ class Progress:
             return None
         return (self.total - step) * (sum(self.step_times) / len(self.step_times))
 
-    def update(self, step: int, loss: float, loss_avg: float | None, mem_mb: float, since_ckpt: int, mem_warning: str | None) -> None:
+    def update(self, step: int, loss: float, loss_avg: float | None, mem_mb: float, since_ckpt: int | None,
+               mem_warning: str | None) -> None:
+        """`since_ckpt`: steps since the last checkpoint, None while the run has none."""
         if not self.live and step % self.log_every and step != self.total:
             return
         eta = self.eta_s(step)
         eta_text = "—" if eta is None else (f"{eta / 3600:.2f}h" if eta >= 3600 else f"{eta / 60:.1f}m" if eta >= 60 else f"{eta:.0f}s")
         avg = "—" if loss_avg is None else f"{loss_avg:.4f}"
         line = (f"step {step}/{self.total} {100 * step / self.total:5.1f}% | loss {loss:.4f} | avg50 {avg} | "
-                f"eta {eta_text} | ckpt -{since_ckpt} | mem {mem_mb:.0f}MB" + (" ⚠" if mem_warning else ""))
+                f"eta {eta_text} | {'no ckpt yet' if since_ckpt is None else f'ckpt -{since_ckpt}'} | mem {mem_mb:.0f}MB" + (" ⚠" if mem_warning else ""))
         if self.live:
             self.console.file.write("\r" + line.ljust(self._last_len))
             self.console.file.flush()

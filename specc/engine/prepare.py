@@ -10,51 +10,16 @@ from pathlib import Path
 from specc.data.batches import BatchPlan, eval_batches, eval_example_indices
 from specc.data.jsonl import DatasetReport, load_dataset
 from specc.data.tokenize import TokenizationReport, pad_token_id, tokenize_split
+from specc.data.sources import load_tokenizer, resolve_data, resolve_model_path
 from specc.engine.config import RunConfig
 from specc.errors import UserError
 
 SPLITS = ("train", "valid", "test")
 
 
-def resolve_model_path(path: str, log=None) -> Path:
-    """A local HF directory, or the builtin tiny model (built and cached on first use)."""
-    if path.startswith("builtin:"):
-        from specc.builtin.tiny_llama import ensure_builtin_model
-
-        return ensure_builtin_model(path.partition(":")[2], log=log)
-    return Path(path)
-
-
 def resolve_data_paths(cfg: RunConfig) -> dict[str, Path | None]:
-    from specc.builtin.datasets import resolve_builtin_data
-    from specc.builtin.tiny_llama import default_cache_root
-
-    out: dict[str, Path | None] = {}
-    for split in SPLITS:
-        value = getattr(cfg.data, split)
-        if value is None:
-            out[split] = None
-        elif value.startswith("builtin:"):
-            try:
-                out[split] = resolve_builtin_data(value, default_cache_root() / "data")[split]
-            except ValueError as exc:
-                raise UserError(f"data.{split}: {exc}") from None
-        else:
-            out[split] = Path(value)
-    return out
-
-
-def load_tokenizer(model_dir: Path):
-    from transformers import AutoTokenizer
-
-    from specc.model_check import check_model_dir
-
-    check_model_dir(model_dir)
-    try:
-        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    except Exception as exc:
-        raise UserError(f"{model_dir}: cannot load the tokenizer ({type(exc).__name__}: {exc})".splitlines()[0],
-                        hint="the directory needs tokenizer.json (or tokenizer.model) and tokenizer_config.json") from None
+    """Every split of a run's data as a local path (builtin: data generated on first use)."""
+    return {split: resolve_data(getattr(cfg.data, split), split) for split in SPLITS}
 
 
 @dataclass

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,8 +23,10 @@ from specc.data.batches import BatchStream
 from specc.engine import checkpoint as ckpt
 from specc.engine import distributed as dist
 from specc.engine.config import RunConfig
-from specc.engine.prepare import PreparedData, prepare_data, resolve_model_path
+from specc.data.sources import resolve_model_path
+from specc.engine.prepare import PreparedData, prepare_data
 from specc.engine.select import choose_backend
+from specc.engine.start import EXTEND, INIT_FROM, RESUME, decide_start
 from specc.errors import UserError
 from specc.plan.schedule import ScheduleSpec, extend
 
@@ -149,24 +152,9 @@ def _archive_run_dir(run_dir: Path, console: Console) -> None:
     console.print(f"--resume never: the earlier run was moved to {target} (nothing deleted)", markup=False)
 
 
-def _checkpoint_at(path: Path) -> Path:
-    """A checkpoint directory, or the newest valid one in a run (or checkpoints/) directory."""
-    path = Path(path)
-    if (path / "manifest.json").exists():
-        ckpt.verify_checkpoint(path)
-        return path
-    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    if not root.is_dir():
-        raise UserError(f"{path}: no such checkpoint or run directory",
-                        hint="pass runs/<experiment>/<run> or a checkpoints/step_NNNNNNN directory")
-    found, _ = ckpt.find_latest_valid(root)
-    if found is None:
-        raise UserError(f"{path}: no valid checkpoint found", hint="every checkpoint there failed verification or none exists")
-    return found
-
-
 def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None = None) -> Session:
-    """Everything up to the first step. Problems raise UserError before any training happens.
+    """Everything up to the first step. Problems raise UserError before any training happens, and every
+    argument is checked (decide_start) before the run directory is touched.
 
     `backend` injects an instance (tests wrap a real backend to inject faults); normally the registry builds it.
     """
@@ -174,34 +162,29 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
     run_dir = cfg.output_dir
     if backend is None:
         name, reason = choose_backend(opts.backend or cfg.backend)
-        backend = load_backend(name)
     else:
         name, reason = backend.name, "injected"
+    start = decide_start(run_dir=run_dir, resume=opts.resume, extend_steps=opts.extend_steps,
+                         init_from=opts.init_from, continuation=cfg.continuation, total_steps=cfg.total_steps,
+                         backend=name)
+    if backend is None:
+        backend = load_backend(name)
     world = dist.init()
     if world.active:
         cfg = _data_parallel(cfg, world, name, console)
-    console.print(f"specc: {cfg.experiment}/{cfg.run} on backend {name} ({reason})", markup=False)
+    console.print(f"specc: {cfg.experiment}/{cfg.run} on backend {name} ({reason}); start: {start.reason}", markup=False)
+    for w in start.warnings:
+        console.print(f"warning: {w}", markup=False)
+    if name == "mlx" and sys.platform == "linux":
+        console.print("warning: mlx on Linux runs on the CPU (mlx[cpu]), about 35× slower than the torch backend on "
+                      "the same CPU (measured on the quickstart); use --backend torch here, mlx on Apple silicon",
+                      markup=False)
     model_dir = resolve_model_path(cfg.model.path, log=lambda m: console.print(m, markup=False))
     data = prepare_data(cfg, model_dir)
     _report_data(console, data)
 
-    source, extend_to, init_from = None, opts.extend_steps, opts.init_from
-    ckpt_root = run_dir / "checkpoints"
-    if opts.resume == "never":
-        if world.is_main and ckpt_root.is_dir() and ckpt.list_checkpoints(ckpt_root):
-            _archive_run_dir(run_dir, console)
-    elif opts.resume == "auto":
-        if ckpt_root.is_dir():
-            source, warnings = ckpt.find_latest_valid(ckpt_root)
-            for w in warnings:
-                console.print(f"warning: {w}", markup=False)
-        if source is None and cfg.continuation is not None:
-            if cfg.continuation.strategy == "extend":
-                source, extend_to = _checkpoint_at(Path(cfg.continuation.from_run)), extend_to or cfg.total_steps
-            elif init_from is None:
-                init_from = Path(cfg.continuation.from_run)
-    else:
-        source = _checkpoint_at(Path(opts.resume))
+    if world.is_main and start.archive:
+        _archive_run_dir(run_dir, console)
     run_dir.mkdir(parents=True, exist_ok=True)
     if world.is_main:
         for published in ("best", "adapter"):   # a crash mid-swap leaves the old copy aside: put it back
@@ -213,16 +196,15 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
     backend.setup(
         ModelSettings(path=model_dir, quantization=cfg.model.quantization, dtype=cfg.model.dtype,
                       gradient_checkpointing=cfg.model.gradient_checkpointing),
-        LoraSettings(rank=cfg.model.lora.rank, alpha=cfg.model.lora.alpha, dropout=cfg.model.lora.dropout,
-                     target_modules=tuple(cfg.model.lora.target_modules), layers=cfg.model.lora.layers),
+        _lora_settings(cfg),
         OptimizerSettings(weight_decay=cfg.training.weight_decay, grad_clip=cfg.training.grad_clip),
         seed=cfg.training.seed,
     )
     total = data.total_steps
     schedule = cfg.schedule if cfg.schedule is not None and cfg.schedule.total_steps == total else _schedule(cfg, total)
-    state, resumed, stream, start_kind = fresh_state(cfg), False, None, "fresh"
-    if source is not None:
-        start_kind = "resume"
+    state, stream = fresh_state(cfg), None
+    if start.kind in (RESUME, EXTEND):
+        source = _repaired(start.checkpoint, run_dir, console)
         arrays, saved = ckpt.load_checkpoint(source)
         backend.load_state(arrays)
         state = {k: v for k, v in saved.items() if k not in ("data_position", "schedule", "total_steps", "wall_s", "format_version")}
@@ -230,11 +212,10 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
         state["last_ckpt"] = state["step"]   # the saved value predates this very checkpoint: do not write it again
         state["restarts"] = state.get("restarts", 0) + 1
         schedule, total = ScheduleSpec(**saved["schedule"]), saved["total_steps"]
-        if extend_to is not None and extend_to > state["step"]:
+        if start.kind == EXTEND:
             kind = cfg.training.schedule.kind
-            schedule = extend(schedule, state["step"], extend_to, decay="linear" if kind == "linear" else "cosine")
-            total = extend_to
-            start_kind = "extend"
+            total = start.extend_to
+            schedule = extend(schedule, state["step"], total, decay="linear" if kind == "linear" else "cosine")
             state.pop("stopped", None)   # extending is an explicit request to train on
             console.print(f"extending to {total} steps: lr decays from {schedule.start_lr:.3g} at step {state['step']} "
                           f"to {schedule.min_lr:.3g} (strategy A)", markup=False)
@@ -242,19 +223,39 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
             console.print("warning: the training data changed since the checkpoint; the resume is not exact", markup=False)
         stream = BatchStream(data.train_plan)
         stream.restore(saved["data_position"])
-        resumed = True
         console.print(f"resumed from {source} at step {state['step']} (restart {state['restarts']})", markup=False)
-    elif init_from is not None:
-        arrays, _ = ckpt.load_checkpoint(_checkpoint_at(init_from))
+    elif start.kind == INIT_FROM:
+        arrays, _ = ckpt.load_checkpoint(start.init_from)
         backend.load_adapter_weights(arrays)
-        start_kind = "init_from"
-        console.print(f"initialised the adapter from {init_from}; fresh schedule and optimizer (strategy B)", markup=False)
+        console.print(f"initialised the adapter from {start.init_from}; fresh schedule and optimizer (strategy B)",
+                      markup=False)
     if stream is None and data.train_plan is not None:
         stream = BatchStream(data.train_plan)
     state["history"] = list(state.get("history") or []) + [
-        {"kind": start_kind, "step": state["step"], "total_steps": total, "backend": name, "at": round(time.time(), 3)}]
+        {"kind": start.kind, "step": state["step"], "total_steps": total, "backend": name, "at": round(time.time(), 3)}]
     state["backend"], state["dataset"] = name, _data_digest(data)
-    return Session(cfg, console, run_dir, backend, reason, data, stream, schedule, total, state, resumed)
+    return Session(cfg, console, run_dir, backend, reason, data, stream, schedule, total, state,
+                   start.kind in (RESUME, EXTEND))
+
+
+def _lora_settings(cfg: RunConfig) -> LoraSettings | None:
+    """The adapter a run trains; none for a control run (its config has model.lora: null)."""
+    lora = cfg.model.lora
+    if cfg.kind == "control" or lora is None:
+        return None
+    return LoraSettings(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
+                        target_modules=tuple(lora.target_modules), layers=lora.layers)
+
+
+def _repaired(source: Path, run_dir: Path, console: Console) -> Path:
+    """This run's own checkpoints: repair leftovers of an interrupted save (find_latest_valid) before loading."""
+    root = run_dir / "checkpoints"
+    if source.parent.resolve() != root.resolve():
+        return source
+    repaired, warnings = ckpt.find_latest_valid(root)
+    for w in warnings:
+        console.print(f"warning: {w}", markup=False)
+    return repaired if repaired is not None else source
 
 
 def _data_parallel(cfg: RunConfig, world: dist.World, backend: str, console: Console) -> RunConfig:

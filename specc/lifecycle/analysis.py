@@ -42,7 +42,7 @@ def check_model(path: str) -> ModelReport:
 
     try:
         if path.startswith("builtin:"):
-            from specc.engine.prepare import resolve_model_path
+            from specc.data.sources import resolve_model_path
 
             resolved = resolve_model_path(path)
         else:
@@ -109,7 +109,7 @@ def _analyze(config: dict, model_dir: Path, key: tuple) -> DataAnalysis:
     from specc.data.batches import BatchPlan, eval_batches, eval_example_indices
     from specc.data.jsonl import load_dataset
     from specc.data.tokenize import pad_token_id, tokenize_split
-    from specc.engine.prepare import load_tokenizer
+    from specc.data.sources import load_tokenizer
 
     d, t = config["data"], config["training"]
     try:

@@ -172,16 +172,9 @@ def _tokenized_count(spec: Spec, spec_dir: Path, inputs: CountInputs) -> tuple[i
     if (model_dir is not None and not (model_dir / "config.json").is_file()) or \
             (train_path is not None and not train_path.is_file()):
         return None
-    if model_dir is None:
-        from specc.engine.prepare import resolve_model_path
+    from specc.data.sources import resolve_data, resolve_model_path
 
-        model_dir = resolve_model_path(model)
-    if train_path is None:
-        from specc.builtin.datasets import resolve_builtin_data
-        from specc.builtin.tiny_llama import default_cache_root
-
-        train_path = resolve_builtin_data(train, default_cache_root() / "data")["train"]
-    return count_epoch_steps(inputs, model_dir, train_path)
+    return count_epoch_steps(inputs, model_dir or resolve_model_path(model), train_path or resolve_data(train, "train"))
 
 
 def plan_experiment(loaded: LoadedSpec, counted: dict[str, tuple[int, str]] | None = None) -> ExperimentPlan:
@@ -367,6 +360,9 @@ def _build_run(loaded: LoadedSpec, spec: Spec, name: str, kind: str, index: int,
     located, spec_dir = loaded.located, loaded.path.parent
     t = spec.training
     steps = StepCount(0, "control: evaluation only")
+    if kind == "train" and spec.model.lora is None:
+        issues.append(located.issue(("model", "lora"), f"run {name}: model.lora is null, but a training run trains "
+                                    "an adapter; give the LoRA settings (or leave lora out for the defaults)"))
     if kind == "train":
         try:
             steps = count_steps(spec, spec_dir, counted)
@@ -424,6 +420,8 @@ def _trainer_config(spec: Spec, spec_dir: Path, name, kind, index, point, steps,
     """The resolved trainer config, exactly what `specc run` consumes (config.json)."""
     model = spec.model.model_dump(mode="json")
     model["path"] = _rel(spec_dir, spec.model.path)
+    if kind == "control":
+        model["lora"] = None     # the base model alone: a control run trains no adapter
     data = spec.data.model_dump(mode="json")
     for split in ("train", "valid", "test"):
         data[split] = _rel(spec_dir, data[split])

@@ -108,7 +108,8 @@ class Model(Strict):
     quantization: Literal["nf4", "none"] = "nf4"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     gradient_checkpointing: bool = False
-    lora: Lora = Field(default_factory=Lora)
+    lora: Lora | None = Field(default_factory=Lora, description="null only in a control run's compiled config (the "
+                                                                 "base model alone)")
 
 
 class Data(Strict):

@@ -1,0 +1,126 @@
+"""decide_start: where a run starts, decided without a backend and without touching the run directory.
+
+Checkpoints here are real ones (write_checkpoint with small arrays); the rules are checked on them,
+and every refusal leaves the directory byte for byte as it was.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from specc.engine.checkpoint import write_checkpoint
+from specc.engine.start import EXTEND, FRESH, INIT_FROM, RESUME, decide_start
+from specc.errors import UserError
+from specc.spec.model import Continuation
+
+
+def _ckpt(run_dir: Path, step: int, backend: str = "torch") -> Path:
+    return write_checkpoint(run_dir / "checkpoints", step, {"adapter/w": np.ones(3, np.float32)},
+                            {"step": step, "backend": backend}, keep_last=5)
+
+
+def _tree(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()} if root.exists() else {}
+
+
+def decide(run_dir, *, resume="auto", extend=None, init_from=None, continuation=None, total=100, backend="torch"):
+    return decide_start(run_dir=run_dir, resume=resume, extend_steps=extend, init_from=init_from,
+                        continuation=continuation, total_steps=total, backend=backend)
+
+
+def test_fresh_resume_and_extend(tmp_path):
+    run = tmp_path / "main"
+    assert decide(run).kind == FRESH
+    _ckpt(run, 10)
+    latest = _ckpt(run, 20)
+    s = decide(run)
+    assert (s.kind, s.checkpoint) == (RESUME, latest)
+    s = decide(run, extend=50)
+    assert (s.kind, s.extend_to, s.checkpoint) == (EXTEND, 50, latest)
+    other = tmp_path / "other"
+    s = decide(tmp_path / "new", resume=str(run))
+    assert (s.kind, s.checkpoint) == (RESUME, latest)
+    assert not other.exists()
+
+
+def test_resume_never_archives_only_what_exists(tmp_path):
+    run = tmp_path / "main"
+    assert decide(run, resume="never").archive is False
+    _ckpt(run, 10)
+    assert decide(run, resume="never").archive is True
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(extend=50, init_from=Path("x")), "two different strategies"),
+    (dict(extend=50, resume="never"), "cannot be combined with --resume never"),
+    (dict(init_from=Path("x"), resume="somewhere"), "cannot be combined with --resume PATH"),
+])
+def test_conflicting_flags_are_errors(tmp_path, kwargs, message):
+    with pytest.raises(UserError, match=message):
+        decide(tmp_path / "main", **kwargs)
+
+
+def test_init_from_over_existing_checkpoints_is_not_silently_ignored(tmp_path):
+    run, donor = tmp_path / "main", tmp_path / "donor"
+    _ckpt(run, 10)
+    _ckpt(donor, 30)
+    before = _tree(run)
+    with pytest.raises(UserError, match="--init-from would be ignored") as err:
+        decide(run, init_from=donor)
+    assert "--resume never" in err.value.hint
+    assert _tree(run) == before
+    s = decide(run, init_from=donor, resume="never")
+    assert (s.kind, s.archive, s.init_from.name) == (INIT_FROM, True, "step_0000030")
+
+
+def test_a_bad_init_from_is_refused_before_anything_moves(tmp_path):
+    run = tmp_path / "main"
+    _ckpt(run, 10)
+    before = _tree(run)
+    for bad in (tmp_path / "nowhere", tmp_path / "empty"):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        with pytest.raises(UserError, match="no such checkpoint|no valid checkpoint"):
+            decide(run, init_from=bad, resume="never")
+    assert _tree(run) == before and not (tmp_path / "main.prev-1").exists()
+
+
+def test_extend_must_go_beyond_the_checkpoint(tmp_path):
+    run = tmp_path / "main"
+    _ckpt(run, 40)
+    with pytest.raises(UserError, match="not beyond the checkpoint's step 40"):
+        decide(run, extend=40)
+    with pytest.raises(UserError, match="has no checkpoint to extend"):
+        decide(tmp_path / "fresh", extend=40)
+
+
+def test_a_checkpoint_of_another_backend_says_which_and_what_to_do(tmp_path):
+    run = tmp_path / "main"
+    _ckpt(run, 10, backend="torch")
+    with pytest.raises(UserError, match="written by the torch backend; this run uses mlx") as err:
+        decide(run, backend="mlx")
+    assert "--backend torch" in err.value.hint
+
+
+def test_continuation_extends_or_restarts_from_another_run(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    src = _ckpt(old, 100)
+    s = decide(new, continuation=Continuation(from_run=str(old), strategy="extend", at_step=100), total=200)
+    assert (s.kind, s.checkpoint, s.extend_to) == (EXTEND, src, 200)
+    s = decide(new, continuation=Continuation(from_run=str(old), strategy="restart", at_step=100))
+    assert (s.kind, s.init_from) == (INIT_FROM, src)
+    _ckpt(new, 150)                                    # once the continuation has checkpoints of its own, it resumes them
+    assert decide(new, continuation=Continuation(from_run=str(old), strategy="extend", at_step=100)).kind == RESUME
+
+
+def test_deciding_repairs_nothing(tmp_path):
+    run = tmp_path / "main"
+    _ckpt(run, 10)
+    ck = _ckpt(run, 20)
+    ck.rename(ck.with_name(ck.name + ".old-999"))     # a replace interrupted: find_latest_valid would restore it
+    (run / "checkpoints" / "step_0000030.tmp-998").mkdir()   # an unfinished save
+    before = _tree(run)
+    s = decide(run)
+    assert s.kind == RESUME and s.checkpoint.name == "step_0000020.old-999"
+    assert _tree(run) == before and (run / "checkpoints" / "step_0000030.tmp-998").is_dir()
