@@ -72,7 +72,8 @@ def main() -> None:
         print(f"{spec.name}: estimate wall {est.get('wall_s')} s vs {summary['wall_s']} s; job {est.get('total_s')} s "
               f"vs {job_s:.1f} s (load {load0:.1f} → {load1:.1f}; CPU share calibration {share}, run "
               f"{job_cpu / job_s:.2f})", flush=True)
-        specc("report", exp, "--no-plots", cwd=work, env=env)   # records time_accuracy in the calibration file
+        specc("report", exp, "--no-plots", cwd=work, env=env)   # records time_accuracy under runs/
+        specc("calibrate", "--from-runs", exp, "--calibrations", str(args.calibrations), cwd=work, env=env)
     print()
     print("| spec | status | steps | source | estimated wall | measured wall_s | error | estimated job | measured job "
           "| error | load avg | CPU share cal. / run |")

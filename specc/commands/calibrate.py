@@ -23,7 +23,12 @@ def _e(x) -> str:
 
 @app.command()
 def calibrate(
-    spec: Path = typer.Argument(..., help="a spec file"),
+    targets: List[str] = typer.Argument(..., metavar="SPEC | --from-runs EXPERIMENT...",
+                                        help="a spec file; with --from-runs, one or more experiments (runs/<name>)"),
+    from_runs: bool = typer.Option(False, "--from-runs",
+                                   help="no training: fold the time accuracies of these experiments' finished runs "
+                                        "(estimated / actual wall time) into the calibration files"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="with --from-runs: where the runs are"),
     run_names: Optional[List[str]] = typer.Option(None, "--run", help="only these runs (default: one per distinct shape)"),
     steps: int = typer.Option(20, "--steps", min=5, help="optimizer steps to run per shape (at least)"),
     min_seconds: float = typer.Option(10.0, "--min-seconds", min=0,
@@ -33,10 +38,21 @@ def calibrate(
     key: Optional[str] = typer.Option(None, "--key", help="store under calibrations/KEY.json instead of the spec's device key"),
     calibrations: Optional[Path] = typer.Option(None, "--calibrations", help=CAL_HELP),
 ):
-    """Measure tokens/s, peak memory and fixed overheads of each distinct run shape on this hardware."""
+    """Measure tokens/s, peak memory and fixed overheads of each distinct run shape on this hardware.
+
+    With --from-runs EXPERIMENT..., measure nothing: fold the recorded time accuracies of those
+    experiments' runs (what `specc report` shows) into calibrations/, the files `specc compile` reads.
+    Interrupted, failed and extended runs are skipped, each with its reason."""
     from specc.lifecycle.calibrate import calibrate_plan
     from specc.lifecycle.estimate import fmt_duration
 
+    if from_runs:
+        _from_runs(targets, runs_dir, calibrations)
+        return
+    if len(targets) != 1:
+        fail(UserError(f"specc calibrate takes one spec file, not {len(targets)} arguments",
+                       hint="calibrate each spec separately, or pass --from-runs to fold runs' time accuracies"))
+    spec = Path(targets[0])
     if backend not in (None, "torch", "mlx"):
         fail(UserError(f"--backend {backend!r}: choose torch or mlx"))
     try:
@@ -65,3 +81,21 @@ def calibrate(
                       "thread(s): the machine is shared, and the wall times measured (and estimated) reflect its load "
                       "now. Calibrate again when it is as busy as it will be during the run.")
     out.print(f"commit {path}: `specc compile` and `specc plan` use it for runs of these shapes.")
+
+
+def _from_runs(experiments: list[str], runs_dir: Path, calibrations: Optional[Path]) -> None:
+    from specc.lifecycle.calibrate import calibrate_from_runs
+
+    try:
+        changes = calibrate_from_runs(experiments, runs_root=runs_dir, directory=calibrations)
+    except UserError as exc:
+        fail(exc)
+    for c in changes:
+        colour = {"added": "green", "updated": "green", "unchanged": "dim", "skipped": "yellow"}[c.action]
+        out.print(f"  [{colour}]{c.action}[/] {_e(c.run)}: {_e(c.detail())}")
+    written = sorted({c.path.as_posix() for c in changes if c.action in ("added", "updated")})
+    if written:
+        out.print(f"updated {', '.join(written)}: commit it; the next estimates of these shapes are corrected by the "
+                  "median time accuracy of their newest records (`specc compile --check` then wants a recompile).")
+    else:
+        out.print("no calibration file changed")

@@ -29,18 +29,26 @@ def report(
     sort: Optional[str] = typer.Option(None, "--sort", help="sort runs by a metric (best_val_loss, tokens_per_s, ...)"),
     desc: bool = typer.Option(False, "--desc", help="sort descending"),
     plots: bool = typer.Option(True, "--plots/--no-plots"),
-    write_back: bool = typer.Option(True, "--write-back/--no-write-back",
-                                    help="record estimated/actual time in the calibration file"),
+    write_back: Optional[bool] = typer.Option(None, "--write-back/--no-write-back", hidden=True,
+                                              help="removed: use `specc calibrate --from-runs EXPERIMENT`"),
     include_test: bool = typer.Option(False, "--include-test", help="include <run>.test stage runs"),
     calibrations: Optional[Path] = typer.Option(None, "--calibrations", help=CAL_HELP),
 ):
-    """Judge the hypothesis against the runs, compare estimated and actual time, plot, write report.md."""
+    """Judge the hypothesis against the runs, compare estimated and actual time, plot, write report.md.
+
+    Writes under runs/<experiment>/ only (report.md, plots/, time_accuracy.json). To correct later
+    estimates with the measured times, fold them into calibrations/ with `specc calibrate --from-runs`."""
     from specc.lifecycle.report import COLUMNS, build_report, run_row, write_report
     from specc.lifecycle.verdict import CONFIRMED, REJECTED
 
+    if write_back:
+        fail(UserError("`specc report --write-back` was removed: reporting no longer changes calibrations/ "
+                       "(which `specc compile` reads)",
+                       hint=f"fold the time accuracies into the calibration files explicitly: "
+                            f"`specc calibrate --from-runs {experiment}`"))
     try:
-        rep = build_report(experiment, runs_root=runs_dir, baseline=baseline, write_back_accuracy=write_back,
-                           plots=plots, calibrations_dir=calibrations, include_test=include_test)
+        rep = build_report(experiment, runs_root=runs_dir, baseline=baseline, plots=plots,
+                           calibrations_dir=calibrations, include_test=include_test)
     except UserError as exc:
         fail(exc)
     colour = {CONFIRMED: "green", REJECTED: "red"}.get(rep.overall, "yellow")
@@ -59,9 +67,12 @@ def report(
         if r.accuracy:
             out.print(f"  {_e(r.run.name)}: time_accuracy {r.accuracy.time_accuracy:.2f} "
                       f"(estimated {r.accuracy.estimated_s:,.0f} s, actual {r.accuracy.actual_s:,.0f} s, {r.accuracy.source})")
+        elif r.accuracy_note and r.run.kind == "train" and r.run.summary:
+            out.print(f"  {_e(r.run.name)}: time not compared with the estimate: {_e(r.accuracy_note)}")
     for i, s in enumerate(rep.next_steps, 1):
         out.print(f"  next {i}. {_e(s)}")
     path = write_report(rep, sort, desc)
     out.print(f"wrote {path}" + (f" and {len(rep.plots)} plot(s) in {rep.dir / 'plots'}" if rep.plots else ""))
-    for p in rep.written_back:
-        out.print(f"recorded time accuracy in {p}")
+    if rep.accuracy_file is not None and any(r.accuracy for r in rep.runs):
+        out.print(f"recorded time accuracy in {rep.accuracy_file}; fold it into calibrations/ with "
+                  f"`specc calibrate --from-runs {_e(rep.experiment)}`")

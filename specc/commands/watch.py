@@ -8,7 +8,7 @@ from rich.markup import escape
 
 from specc.cli import app, fail
 from specc.console import wide_stdout
-from specc.errors import EXIT_FAILED, UserError
+from specc.errors import UserError
 
 out = wide_stdout()
 
@@ -27,15 +27,24 @@ def _watch_target(target: str, runs_dir: Path) -> Path:
                     hint=f"pass runs/<experiment>/<run>, runs/<experiment>, or a name under {runs_dir}/")
 
 
-@app.command()
+WATCH_HELP = """Follow a run from its files: progress, time window, and flags (OOM, NaN, killed, plateau, slow, leak).
+
+A run whose summary.json says "running" is alive while its process is (checked by pid on this host) and
+its metrics.jsonl keeps growing; a dead or stalled one is flagged "killed".
+
+Exit codes (with --once, and when following ends): 0 continue or done (completed / early-stopped),
+1 stop (OOM, NaN, diverged, failed), 3 investigate (killed, stalled, interrupted, plateau, rising loss,
+falling throughput, growing memory, behind its window); the worst over the runs shown."""
+
+
+@app.command(help=WATCH_HELP)
 def watch(
-    target: str = typer.Argument(..., help="a run directory, an experiment directory, or <experiment>[/<run>]"),
-    once: bool = typer.Option(False, "--once", help="print one snapshot and exit"),
+    target: str = typer.Argument(..., help="a run directory, an experiment directory, or a name under --runs-dir: <experiment> or <experiment>/<run>"),
+    once: bool = typer.Option(False, "--once", help="print one snapshot and exit (0 ok, 1 stop, 3 investigate)"),
     interval: float = typer.Option(30.0, "--interval", min=0.05, help="seconds between looks"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
 ):
-    """Follow a run from its files: progress, time window, and flags (OOM, NaN, killed, plateau, slow, leak)."""
-    from specc.lifecycle.watch import STOP, describe, follow, run_dirs, snapshot
+    from specc.lifecycle.watch import describe, exit_code, follow, run_dirs, snapshot
 
     try:
         path = _watch_target(target, runs_dir)
@@ -48,9 +57,11 @@ def watch(
         for s in snaps:
             for line in describe(s):
                 out.print(_e(line))
-        raise typer.Exit(EXIT_FAILED if any(s.advice == STOP for s in snaps) else 0)
+        raise typer.Exit(exit_code(snaps))
     try:
         snaps = follow(path, interval=interval, emit=lambda line: out.print(_e(line)))
     except KeyboardInterrupt:
         raise typer.Exit(130)
-    out.print("all runs ended: " + ", ".join(f"{s.name} {s.status}" for s in snaps))
+    out.print(("all runs ended: " if all(s.ended for s in snaps) else "no run is left to follow: ")
+              + ", ".join(f"{s.name} {s.status}" for s in snaps))
+    raise typer.Exit(exit_code(snaps))

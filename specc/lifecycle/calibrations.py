@@ -19,7 +19,7 @@ working directory, the repository root, like generated/ and runs/):
                    "tokens_per_epoch", "valid_batches"}   # facts that hold only for this data
         }
       },
-      "accuracy": {                         # written back by `specc report`: estimated / actual wall time
+      "accuracy": {                         # `specc calibrate --from-runs`: estimated / actual wall time
         "<shape key>": [{"run", "source", "estimated_s", "actual_s", "time_accuracy", "at"}]
       }
     }

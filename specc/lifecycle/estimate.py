@@ -5,8 +5,10 @@ Sources, in order of preference (the seeds' lesson: an estimate with no data beh
 1. calibration: `specc calibrate` measured this exact run shape on the target device key
    (calibrations/<key>.json): step time, tokens/s, peak memory and the fixed overheads (startup,
    evaluation per batch, checkpoint and export time), so the whole wall time is predicted;
-2. prior: a finished run in runs/ on the same device key, scaled by parameter count and sequence
-   length (`specc plan` only: `specc compile` reads committed inputs alone);
+2. prior: a run in runs/ that finished as planned (completed or early-stopped, never extended: see
+   measurement_problem) with the same device key, backend, quantization, dtype and device kind, of the
+   same shape or scaled to this one and marked so (`specc plan` only: `specc compile` reads committed
+   inputs alone); its memory keeps its fixed part and scales only the rest (prior_memory);
 3. declared: the profile's figure (profiles.py), labelled "declared, unmeasured".
 
 Time is tokens / throughput, plus (when measured) the overheads around the steps. `wall_s` is what
@@ -61,12 +63,14 @@ class Estimate:
     correction: float | None = None     # median past time_accuracy applied (estimated / actual)
     peak_mem_gb: float | None = None
     mem_source: str = ""
+    fixed_mem_gb: float | None = None   # the part of the peak a batch does not grow (weights, state, runtime)
     step_s: float | None = None         # measured seconds per optimizer step
     checkpoint_s: float | None = None   # measured seconds per checkpoint
     parts: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     shape_key: str = ""
     device_key: str = ""
+    calibrated_at: str = ""             # the calibration entry's measured.at (a newer calibration supersedes it)
 
     @property
     def wall_s(self) -> float | None:
@@ -99,6 +103,8 @@ class Estimate:
             "raw_wall_s": _r(self.train_s + self.overhead_s) if self.train_s is not None else None,
             "correction": _r(self.correction), "peak_mem_gb": _r(self.peak_mem_gb), "mem_source": self.mem_source,
         })
+        if self.calibrated_at:
+            d["calibrated_at"] = self.calibrated_at
         return d
 
 
@@ -126,16 +132,32 @@ def _same_data(entry: dict | None, config: dict) -> bool:
             and d.get("stride") == data.get("stride") and d.get("valid") == data.get("valid"))
 
 
+def planned_eval_batches(training: dict) -> int | None:
+    """Batches per evaluation as far as the config tells: training.eval_examples at one example per row
+    (an upper bound: packing makes fewer), or an older config's eval_batches; None = the whole split."""
+    if "eval_examples" in training:
+        n = training.get("eval_examples")
+        return -(-int(n) // int(training["batch_size"])) if n else None
+    return training.get("eval_batches")
+
+
+def same_eval_sample(cal_data: dict, training: dict) -> bool:
+    """Did the calibration evaluate the sample this config asks for (so its valid_batches hold)?"""
+    if "eval_examples" in training:
+        return "eval_examples" in cal_data and cal_data["eval_examples"] == training.get("eval_examples")
+    return cal_data.get("eval_batches_limit") == training.get("eval_batches")
+
+
 def facts_from_config(config: dict, entry: dict | None = None) -> RunFacts:
     """Steps and tokens as far as the spec (and a calibration of the same data) tell."""
     t, d = config["training"], config["data"]
     budget = t["batch_size"] * t["grad_accum"] * d["max_length"]
     steps, steps_source = t.get("total_steps"), t.get("total_steps_source") or "declared"
     valid = bool(d.get("valid"))
-    eval_batches = t.get("eval_batches")
+    eval_batches = planned_eval_batches(t)
     cal = (entry or {}).get("data") or {}
     same = _same_data(entry, config)
-    if same and cal.get("eval_batches_limit") == eval_batches and cal.get("valid_batches") is not None:
+    if same and same_eval_sample(cal, t) and cal.get("valid_batches") is not None:
         eval_batches = cal["valid_batches"]
     data_tokens = cal.get("tokens_per_epoch") if same else None
     if config.get("kind") == "control":
@@ -177,9 +199,11 @@ def estimate_run(config: dict, *, calibration: CalibrationFile | None = None, fa
     if config.get("kind") == "control":
         return Estimate(**base, source="none", source_text="control run: evaluation only, no training steps")
     if priors:
-        est = _from_priors(config, shape, dkey, facts, priors, new_params, new_arch, base)
+        est = _from_priors(config, shape, dkey, facts, priors, new_params, new_arch, base, calibration)
         if est is not None:
             return est
+        est = _from_profile(config, facts, base, calibration)
+        return replace(est, notes=est.notes + _unused_priors(config, shape, dkey, priors))
     return _from_profile(config, facts, base, calibration)
 
 
@@ -215,7 +239,7 @@ def _from_calibration(config: dict, entry: dict, facts: RunFacts, cal: Calibrati
         parts["per-step bookkeeping"] = steps * ovh.get("step_overhead_s", 0.0)
         if facts.valid:
             n_ev = n_evaluations(steps, t["eval_every"])
-            nb = facts.eval_batches if facts.eval_batches is not None else t.get("eval_batches") or 0
+            nb = facts.eval_batches if facts.eval_batches is not None else planned_eval_batches(t) or 0
             parts["evaluations"] = ovh.get("eval_prepare_s", 0.0) + n_ev * nb * ovh.get("eval_batch_s", 0.0)
             parts["best/ exports"] = (n_ev - 1) * ovh.get("export_s", 0.0)   # at most: every evaluation improves
         parts["checkpoints"] = n_checkpoints(steps, t["checkpoint_every"]) * ovh.get("checkpoint_s", 0.0)
@@ -229,19 +253,20 @@ def _from_calibration(config: dict, entry: dict, facts: RunFacts, cal: Calibrati
     correction, n = cal.correction(base["shape_key"], "calibration")
     if correction:
         source_text += f"; corrected by the median time accuracy of {n} earlier run(s) of this shape ({correction:.2f})"
-    peak = mem.get("peak_mb")
+    peak, fixed = mem.get("peak_mb"), mem.get("fixed_mb")
     return Estimate(**{**base, "steps": steps, "tokens": tokens}, source="calibration", source_text=source_text,
+                    fixed_mem_gb=fixed / 1024 if peak and fixed else None,
                     tokens_per_s=tokens_per_s, train_s=train_s, overhead_s=overhead, setup_s=setup,
                     correction=correction, peak_mem_gb=peak / 1024 if peak else None, step_s=step_s,
-                    checkpoint_s=ovh.get("checkpoint_s"),
+                    checkpoint_s=ovh.get("checkpoint_s"), calibrated_at=str(meas.get("at") or ""),
                     mem_source=f"calibration ({mem.get('source', '?')})" if peak else "", parts=parts, notes=tuple(notes))
 
 
 def _from_profile(config: dict, facts: RunFacts, base: dict, cal: CalibrationFile | None = None) -> Estimate:
     profile = PROFILES.get(config.get("profile") or "custom")
     if profile is None or profile.declared_tokens_per_s is None:
-        return Estimate(**base, source="none", source_text="no calibration, no prior run and no declared figure "
-                        "(profile custom)")
+        return Estimate(**base, source="none", source_text="no calibration, no matching prior run and no declared "
+                        "figure (profile custom)")
     src = f"declared by profile {profile.name} ({profile.declared_tokens_per_s:g} tok/s, H100 12B QLoRA), unmeasured"
     if facts.tokens is None:
         return Estimate(**base, source="none", source_text=src + "; the token count is unknown until the data is tokenized")
@@ -254,6 +279,50 @@ def _from_profile(config: dict, facts: RunFacts, base: dict, cal: CalibrationFil
                     train_s=train_s, peak_mem_gb=profile.declared_mem_gb, correction=correction,
                     mem_source=f"declared by profile {profile.name}, unmeasured" if profile.declared_mem_gb else "",
                     parts={"steps": train_s}, notes=tuple(notes))
+
+
+# --- evidence: which finished runs measured what they were planned to do -----------------------------
+
+FINISHED = ("completed", "early_stopped")
+
+
+def was_extended(summary: dict, config: dict | None = None) -> bool:
+    """Did the run train past the steps it was planned (and estimated) for (--extend-steps, continuation
+    strategy extend)? From summary.json's history; an old summary without one is extended when its
+    total_steps differs from the config's."""
+    if summary.get("extended"):
+        return True
+    history = summary.get("history")
+    if isinstance(history, list) and any(isinstance(h, dict) and h.get("kind") == "extend" for h in history):
+        return True
+    if "history" in summary or "extended" in summary:
+        return False
+    planned = ((config or {}).get("training") or {}).get("total_steps")
+    total = summary.get("total_steps")
+    return planned is not None and total is not None and int(total) != int(planned)
+
+
+def _extension_text(summary: dict, config: dict | None) -> str:
+    ext = [h for h in summary.get("history") or [] if isinstance(h, dict) and h.get("kind") == "extend"]
+    if ext:
+        return f"extended at step {ext[0].get('step')} to {ext[-1].get('total_steps')} steps"
+    planned = ((config or {}).get("training") or {}).get("total_steps")
+    return f"extended: it ran to {summary.get('total_steps')} steps, planned for {planned}"
+
+
+def measurement_problem(summary: dict | None, config: dict | None = None) -> str | None:
+    """Why a run's measured time and speed must not be used as evidence (a prior, a time accuracy); None
+    when they may. Only runs that completed or early-stopped without an extension measured the run they
+    were planned as: an interrupted run stopped part-way, a failed or diverged one broke off, and an
+    extended one trained more steps than estimated, its wall time including the earlier attempt's."""
+    if not summary:
+        return "no summary.json: still running, or killed before it finished"
+    status = summary.get("status")
+    if status not in FINISHED:
+        return f"it did not finish (status {status or 'unknown'})"
+    if was_extended(summary, config):
+        return f"it was {_extension_text(summary, config)}: its times cover more steps than were planned and estimated"
+    return None
 
 
 # --- priors: finished runs in runs/ ------------------------------------------------------------------
@@ -270,10 +339,34 @@ class Prior:
     wall_s: float
     peak_mem_mb: float | None
     status: str
+    backend: str | None = None          # the backend that ran (summary.json), not the spec's "auto"
+    device: str | None = None           # the device it ran on: "cpu", "cuda:0", "gpu" (summary.json device)
+    between_steps_mb: float | None = None   # the least memory held between steps (metrics.jsonl mem_mb)
+
+    @property
+    def device_class(self) -> str | None:
+        return device_class(self.device)
+
+    def label(self) -> str:
+        return f"{self.backend or 'backend ?'} on {self.device or 'an unrecorded device'}, {self.status}"
+
+
+def device_class(device) -> str | None:
+    """cpu | cuda | gpu (Metal/MPS) | None when unrecorded."""
+    d = str(device or "").lower()
+    if not d:
+        return None
+    if d.startswith("cuda"):
+        return "cuda"
+    if "cpu" in d:
+        return "cpu"
+    if "gpu" in d or "mps" in d or "metal" in d:
+        return "gpu"
+    return d
 
 
 def load_priors(runs_root: Path = Path("runs")) -> list[Prior]:
-    """Every run in runs/ with a summary and a config, newest last."""
+    """Every run in runs/ that finished as planned (see measurement_problem), newest last."""
     found = []
     if not runs_root.is_dir():
         return found
@@ -286,14 +379,39 @@ def load_priors(runs_root: Path = Path("runs")) -> list[Prior]:
             continue
         if summary.get("kind") == "control" or not summary.get("tokens_per_s") or not summary.get("train_s"):
             continue
-        device = summary.get("device") or {}
+        if measurement_problem(summary, config) is not None:
+            continue
+        device = summary.get("device") if isinstance(summary.get("device"), dict) else {}
         params = device.get("params_total") or params_from_label(config["model"].get("size"))
         found.append(Prior(f"{summary_path.parent.parent.name}/{summary_path.parent.name}", shape,
                            device_key(config.get("resources") or {}), float(params) if params else None,
                            _arch(config["model"]["path"]), float(summary["tokens_per_s"]), float(summary["train_s"]),
                            float(summary.get("wall_s") or summary["train_s"]), summary.get("peak_mem_mb"),
-                           summary.get("status", "?")))
+                           summary.get("status", "?"), summary.get("backend") or device.get("backend"),
+                           device.get("device"), _between_steps_mb(summary_path.parent / "metrics.jsonl")))
     return found
+
+
+def _between_steps_mb(metrics: Path, first: int = 50) -> float | None:
+    """The least memory the run held after a step (weights, adapter, optimizer state; on a CPU the
+    process' RSS), over its first `first` steps: the part of the peak that a batch does not grow."""
+    seen, least = 0, None
+    try:
+        with open(metrics, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                mem = r.get("mem_mb") if isinstance(r, dict) and "loss" in r else None
+                if isinstance(mem, (int, float)) and mem > 0:
+                    least = mem if least is None else min(least, mem)
+                    seen += 1
+                    if seen >= first:
+                        break
+    except OSError:
+        return None
+    return float(least) if least is not None else None
 
 
 def _arch(model_path: str) -> dict | None:
@@ -312,43 +430,107 @@ def flops_per_token(params: float, seq_len: int, arch: dict | None) -> float:
     return 6 * params + attn
 
 
-def _from_priors(config, shape: RunShape, dkey: str, facts: RunFacts, priors: list[Prior], new_params, new_arch,
-                 base: dict) -> Estimate | None:
-    same_device = [p for p in priors if p.device_key == dkey]
-    if not same_device:
-        return None
-    exact = [p for p in same_device if p.shape == shape]
-    same_model = [p for p in same_device if p.shape.same_model(shape)]
+def expected_backend(config: dict) -> str | None:
+    """The backend a run will use: the spec's, or for `auto` on GPUs torch (CUDA); None when only the
+    machine that runs it can tell (auto on a CPU key: torch on Linux, mlx on Apple silicon)."""
+    b = str(config.get("backend") or "auto")
+    if b != "auto":
+        return b
+    return "torch" if (config.get("resources") or {}).get("gpus") else None
+
+
+def prior_mismatch(prior: Prior, config: dict, shape: RunShape, dkey: str) -> str | None:
+    """Why a prior cannot stand for this run (another device, backend, quantization, dtype, gradient
+    checkpointing), or None. Other shape differences are scaled and named in the estimate's source."""
+    if prior.device_key != dkey:
+        return f"device key {prior.device_key}, this run {dkey}"
+    want = expected_backend(config)
+    if want is not None and prior.backend != want:
+        return f"backend {prior.backend or 'unrecorded'}, this run {want}"
+    if want is None and prior.shape.backend != "auto":
+        return f"backend {prior.shape.backend} in its spec; this run's `auto` may choose another"
+    for what in ("quantization", "dtype", "gradient_checkpointing"):
+        if getattr(prior.shape, what) != getattr(shape, what):
+            return f"{what} {getattr(prior.shape, what)}, this run {getattr(shape, what)}"
+    cls, on_gpus = prior.device_class, bool((config.get("resources") or {}).get("gpus"))
+    if cls is not None:
+        if on_gpus and cls == "cpu":
+            return f"it ran on the CPU ({prior.device}); this run targets GPUs"
+        if not on_gpus and cls != "cpu" and (prior.backend or want) == "torch":
+            return f"it ran on {prior.device}; this run targets the CPU"
+    return None
+
+
+SHAPE_FIELDS = (("model", "model"), ("max_length", "max_length"), ("batch_size", "batch"), ("grad_accum", "accum"),
+                ("lora_rank", "LoRA rank"), ("lora_targets", "LoRA targets"), ("lora_layers", "LoRA layers"),
+                ("packing", "packing"))
+
+
+def shape_differences(old: RunShape, new: RunShape) -> list[str]:
+    """'max_length 256 → 512', … : what differs between a prior's shape and this run's."""
+    out = []
+    for attr, label in SHAPE_FIELDS:
+        a, b = getattr(old, attr), getattr(new, attr)
+        if attr == "lora_targets":
+            a, b = ",".join(sorted(a)) or "default", ",".join(sorted(b)) or "default"
+        if a != b:
+            out.append(f"{label} {a} → {b}")
+    return out
+
+
+def _pick_prior(usable: list[Prior], shape: RunShape, new_params) -> Prior | None:
+    exact = [p for p in usable if p.shape == shape]
     if exact:
-        prior, scale, how = exact[-1], 1.0, "same shape"
-    elif same_model:
-        prior = min(same_model, key=lambda p: (abs(math.log(p.shape.max_length / shape.max_length)),
-                                               abs(math.log(p.shape.batch_size / shape.batch_size))))
-        scale = _flop_ratio(prior, new_params or prior.params, new_arch or prior.arch, shape.max_length)
-        how = f"same model, max_length {prior.shape.max_length} → {shape.max_length}"
-    elif new_params:
-        scaled = [p for p in same_device if p.params]
-        if not scaled:
-            return None
-        prior = min(scaled, key=lambda p: abs(math.log(p.params / new_params)))
-        scale = _flop_ratio(prior, new_params, new_arch, shape.max_length)
-        how = f"{prior.params / 1e9:.3g}B → {new_params / 1e9:.3g}B parameters, max_length {prior.shape.max_length} → {shape.max_length}"
-    else:
+        return exact[-1]
+    same_model = [p for p in usable if p.shape.model == shape.model]
+    if same_model:
+        return min(same_model, key=lambda p: (abs(math.log(p.shape.max_length / shape.max_length)),
+                                              abs(math.log(p.shape.batch_size / shape.batch_size))))
+    if new_params:
+        scaled = [p for p in usable if p.params]
+        if scaled:
+            return min(scaled, key=lambda p: abs(math.log(p.params / new_params)))
+    return None
+
+
+def _from_priors(config, shape: RunShape, dkey: str, facts: RunFacts, priors: list[Prior], new_params, new_arch,
+                 base: dict, calibration: CalibrationFile | None = None) -> Estimate | None:
+    usable = [p for p in priors if prior_mismatch(p, config, shape, dkey) is None]
+    prior = _pick_prior(usable, shape, new_params)
+    if prior is None:
         return None
-    tokens_per_s = prior.tokens_per_s * scale
-    src = f"prior run {prior.run} ({prior.tokens_per_s:,.0f} tok/s, {how}" + (f", scaled ×{scale:.3g})" if scale != 1 else ")")
+    same_model = prior.shape.model == shape.model
+    params = new_params or (prior.params if same_model else None)
+    arch = new_arch or (prior.arch if same_model else None)
+    scale = _flop_ratio(prior, params, arch, shape.max_length)
+    diffs = shape_differences(prior.shape, shape)
+    if not same_model and prior.params and params:
+        diffs.append(f"{prior.params / 1e9:.3g}B → {params / 1e9:.3g}B parameters")
+    how = "same shape" if not diffs else "shape differs: " + ", ".join(diffs) + (
+        f"; throughput scaled ×{scale:.3g} by FLOPs per token" if scale != 1 else
+        "; throughput not scaled (no change in FLOPs per token is known)")
+    src = f"prior run {prior.run} ({prior.label()}; {prior.tokens_per_s:,.0f} tok/s; {how})"
     if facts.tokens is None:
         return Estimate(**base, source="none", source_text=src + "; the token count is unknown")
+    tokens_per_s = prior.tokens_per_s * scale
     train_s = facts.tokens / tokens_per_s
     overhead_ratio = max(1.0, prior.wall_s / prior.train_s)
-    peak = None
-    if prior.peak_mem_mb:
-        peak = _scale_memory(prior.peak_mem_mb / 1024, prior, shape, new_params)
+    peak_mb, fixed_mb, mem_source = prior_memory(prior, shape, params, calibration)
     return Estimate(**base, source="prior", source_text=src, tokens_per_s=tokens_per_s, train_s=train_s,
-                    overhead_s=train_s * (overhead_ratio - 1), peak_mem_gb=peak,
-                    mem_source=f"prior run {prior.run}" + (" (scaled)" if prior.shape != shape else "") if peak else "",
+                    overhead_s=train_s * (overhead_ratio - 1), peak_mem_gb=peak_mb / 1024 if peak_mb else None,
+                    mem_source=mem_source, fixed_mem_gb=fixed_mb / 1024 if peak_mb and fixed_mb else None,
                     parts={"steps": train_s, "evaluations, checkpoints (prior's wall/train ratio)": train_s * (overhead_ratio - 1)},
                     notes=("startup (model load, tokenization) is not in a prior's wall_s",))
+
+
+def _unused_priors(config: dict, shape: RunShape, dkey: str, priors: list[Prior], most: int = 3) -> tuple[str, ...]:
+    """Why the finished runs of this device key could not serve as priors (the first few)."""
+    why = [(p.run, prior_mismatch(p, config, shape, dkey)) for p in reversed(priors) if p.device_key == dkey]
+    why = [(run, w) for run, w in why if w]
+    if not why:
+        return ()
+    text = "; ".join(f"{run}: {w}" for run, w in why[:most]) + (f"; and {len(why) - most} more" if len(why) > most else "")
+    return (f"prior runs not used: {text}",)
 
 
 def _flop_ratio(prior: Prior, new_params, new_arch, new_len: int) -> float:
@@ -357,16 +539,56 @@ def _flop_ratio(prior: Prior, new_params, new_arch, new_len: int) -> float:
     return flops_per_token(prior.params, prior.shape.max_length, prior.arch) / flops_per_token(new_params, new_len, new_arch)
 
 
-def _scale_memory(peak_gb: float, prior: Prior, shape: RunShape, new_params) -> float:
-    """Weights scale with parameters (at the quantization's bytes per weight); the rest with batch × length."""
+def _calibrated_fixed_mb(calibration: CalibrationFile | None, prior: Prior) -> tuple[float | None, str]:
+    """Memory held right after the model loaded, measured by `specc calibrate` for the prior's model."""
+    if calibration is None:
+        return None, ""
+    for key, entry in calibration.entries.items():
+        s, mem = entry.get("shape") or {}, entry.get("memory") or {}
+        same = all(s.get(f) == getattr(prior.shape, f) for f in ("backend", "model", "quantization", "dtype"))
+        ran = (entry.get("measured") or {}).get("backend")
+        if same and mem.get("fixed_mb") and (prior.backend is None or ran in (None, prior.backend)):
+            return float(mem["fixed_mb"]), f"after model load, calibration {calibration.path.as_posix()}"
+    return None, ""
+
+
+def _weights_mb(params: float | None, quantization: str) -> float:
+    return (params or 0.0) * QUANT_BYTES.get(quantization, 2.0) / 2**20
+
+
+def prior_memory(prior: Prior, shape: RunShape, new_params, calibration: CalibrationFile | None = None
+                 ) -> tuple[float | None, float | None, str]:
+    """(peak MB, its fixed part in MB, the source) for `shape` from a prior's measured peak.
+
+    The fixed part (weights, adapter and optimizer state, the runtime: measured by a calibration of the
+    prior's model after load, else the least memory between the prior's steps, else the weights alone)
+    stays; only the rest, the activations, scales with batch × max_length (and, for another model, with
+    its size^(2/3)). Weights follow the parameters at the quantization's bytes per weight."""
+    peak = prior.peak_mem_mb
+    if not peak:
+        return None, None, ""
     p_old = prior.params or 0.0
     p_new = new_params or p_old
-    w_old = p_old * QUANT_BYTES.get(prior.shape.quantization, 2.0) / 1e9
-    w_new = p_new * QUANT_BYTES.get(shape.quantization, 2.0) / 1e9
-    act = max(0.0, peak_gb - w_old)
+    fixed, fixed_src = _calibrated_fixed_mb(calibration, prior)
+    if fixed is None and prior.between_steps_mb:
+        fixed, fixed_src = prior.between_steps_mb, "the least held between its steps, metrics.jsonl"
+    if fixed is None:
+        fixed, fixed_src = _weights_mb(p_old, prior.shape.quantization), "its weights, from the parameter count"
+    fixed = min(float(fixed), float(peak))
+    if prior.shape == shape and p_new == p_old:
+        return float(peak), fixed, f"prior run {prior.run} (its measured peak; fixed part {fixed:,.0f} MB, {fixed_src})"
+    variable = float(peak) - fixed
     ratio = (shape.batch_size * shape.max_length) / (prior.shape.batch_size * prior.shape.max_length)
     size = (p_new / p_old) ** (2 / 3) if p_old and p_new else 1.0
-    return w_new + act * ratio * size
+    fixed_new = fixed
+    if p_new != p_old:   # another model: keep the runtime, swap the weights
+        fixed_new = max(0.0, fixed - _weights_mb(p_old, prior.shape.quantization)) + _weights_mb(p_new, shape.quantization)
+    total = fixed_new + variable * ratio * size
+    text = (f"prior run {prior.run}: fixed {fixed_new:,.0f} MB ({fixed_src}"
+            + (", weights rescaled" if p_new != p_old else "") + f") + the rest of its peak, {variable:,.0f} MB, "
+            f"× {ratio:.3g} (batch × max_length)" + (f" × {size:.3g} (model size^2/3)" if size != 1 else "")
+            + " (scaled)")
+    return total, fixed_new, text
 
 
 # --- fitting a window and a GPU ----------------------------------------------------------------------
@@ -434,10 +656,12 @@ def recommend_batch(est: Estimate, gpu_memory_gb: float | None, batch_size: int,
         return None
     target = MEMORY_TARGET * gpu_memory_gb
     peak = est.peak_mem_gb
+    if fixed_gb is None:
+        fixed_gb = est.fixed_mem_gb
     if fixed_gb is not None and 0 < fixed_gb < peak:
         per_row = (peak - fixed_gb) / batch_size
         best = max(1, int((target - fixed_gb) / per_row))
-        how = f"(70% of {gpu_memory_gb:g} GB − {fixed_gb:.1f} GB weights) / {per_row:.2f} GB per row"
+        how = f"(70% of {gpu_memory_gb:g} GB − {fixed_gb:.1f} GB fixed) / {per_row:.2f} GB per row"
     else:   # the seeds' rule: headroom = GPU / peak, × 0.7
         best = max(1, int(batch_size * target / peak))
         how = f"{batch_size} × 70% × {gpu_memory_gb:g} GB / {peak:.1f} GB measured peak"

@@ -1,7 +1,8 @@
 """PNG plots of an experiment's runs (matplotlib, Agg: no display needed).
 
-- loss.png: train loss (raw, faint; 50-step average, solid) and validation loss (markers) per run;
-- lr.png: the learning rate each step actually used;
+- loss.png: train loss (raw, faint; 50-step average, solid) and validation loss (markers) per run, with
+  a vertical line where a run was resumed (dotted) or extended (dash-dot): metrics.jsonl's event lines;
+- lr.png: the learning rate each step actually used, with the same markers;
 - throughput_memory.png: tokens/s (20-step average) and process/GPU memory against training time.
 """
 from __future__ import annotations
@@ -62,8 +63,38 @@ def _steps(records):
     return [r for r in records if isinstance(r.get("loss"), (int, float)) and "step" in r]
 
 
-def plot_loss(runs: list, path: Path, title: str) -> Path | None:
-    """runs: objects with .name and .records (metrics.jsonl lines)."""
+# metrics.jsonl event → how its marker is drawn and named in the legend
+MARKED_EVENTS = {"resumed": (":", "resumed (from a checkpoint)"), "extended": ("-.", "extended (more steps)"),
+                 "init_from": ("--", "initialised from another run")}
+
+
+def restart_markers(records: list[dict]) -> list[tuple[int, str]]:
+    """(step, event) where the run was resumed, extended or re-initialised, from metrics.jsonl's event lines.
+    An init_from at step 0 is where the run begins anyway: not marked."""
+    out = []
+    for r in records:
+        event, step = r.get("event"), r.get("step")
+        if event in MARKED_EVENTS and isinstance(step, (int, float)) and not (event == "init_from" and step == 0):
+            out.append((int(step), event))
+    return out
+
+
+def draw_markers(ax, runs: list, colors) -> list[tuple[str, int, str]]:
+    """Vertical lines at every run's restart points, one legend entry per kind; returns (run, step, event)."""
+    drawn, labelled = [], set()
+    for run, color in zip(runs, colors):
+        for step, event in restart_markers(run.records):
+            style, label = MARKED_EVENTS[event]
+            ax.axvline(step, color=color, linestyle=style, linewidth=1.1, alpha=0.8, label="_nolegend_")
+            if event not in labelled:   # the legend names the kind, in grey: the line's colour is its run's
+                ax.plot([], [], color="0.35", linestyle=style, linewidth=1.1, label=label)
+                labelled.add(event)
+            drawn.append((run.name, step, event))
+    return drawn
+
+
+def loss_figure(runs: list, title: str):
+    """The loss figure (fig, (train axes, validation axes), markers drawn), or None without data."""
     runs = [r for r in runs if _steps(r.records) or any("val_loss" in x for x in r.records)]
     if not runs:
         return None
@@ -82,6 +113,8 @@ def plot_loss(runs: list, path: Path, title: str) -> Path | None:
             ax_v.plot(*zip(*vals), color=color, marker="o", markersize=3.5, label=run.name, **_style(i))
             best = min(vals, key=lambda v: v[1])
             ax_v.scatter([best[0]], [best[1]], s=70, facecolors="none", edgecolors=color, linewidths=1.5, zorder=3)
+    markers = draw_markers(ax_t, runs, colors)
+    draw_markers(ax_v, runs, colors)
     ax_t.set(title="Train loss (faint: per step; solid: centred moving average)", xlabel="step", ylabel="loss (nats/token)")
     ax_v.set(title="Validation loss (circle: best)", xlabel="step", ylabel="val loss (nats/token)")
     for ax, label in ((ax_t, "loss"), (ax_v, "val loss")):
@@ -94,13 +127,23 @@ def plot_loss(runs: list, path: Path, title: str) -> Path | None:
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(NullFormatter())
             ax.set_ylabel(f"{label} (nats/token, log scale)")
-    _legend(ax_t, len(runs))
+    kinds = len({event for _, _, event in markers})
+    _legend(ax_t, len(runs) + kinds)
     if len(runs) <= MAX_LEGEND and ax_v.has_data():
         ax_v.legend(loc="best")
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
+    return fig, (ax_t, ax_v), markers
+
+
+def plot_loss(runs: list, path: Path, title: str) -> Path | None:
+    """runs: objects with .name and .records (metrics.jsonl lines)."""
+    made = loss_figure(runs, title)
+    if made is None:
+        return None
+    fig = made[0]
     fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    _plt().close(fig)
     return path
 
 
@@ -118,10 +161,11 @@ def plot_lr(runs: list, path: Path, title: str) -> Path | None:
         for i, (run, color, pts) in enumerate(zip(runs, _colors(len(runs)), curves)):
             ax.plot(*zip(*pts), color=color, label=run.name, **_style(i))
         n = len(runs)
+    markers = draw_markers(ax, runs, _colors(len(runs)))
     ax.set(title=f"{title}: learning rate as run", xlabel="step", ylabel="learning rate")
     ax.set_ylim(bottom=0)
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    _legend(ax, n)
+    _legend(ax, n + len({event for _, _, event in markers}))
     fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)

@@ -2,9 +2,13 @@
 
 Reads runs/<experiment>/<run>/{config.json, summary.json, metrics.jsonl}, finds the baseline
 experiment's runs in runs/<baseline>/, judges each expected outcome (verdict.py), compares estimated
-with actual wall time (time_accuracy = estimated / actual, as the seeds report it) and writes the
-ratio back to the calibration file the estimate came from (so the next estimate of that shape is
-corrected), draws the plots and writes runs/<experiment>/report.md.
+with actual wall time (time_accuracy = estimated / actual, as the seeds report it), draws the plots and
+writes runs/<experiment>/report.md and runs/<experiment>/time_accuracy.json.
+
+Reporting writes under runs/ only: the calibrations that `specc compile` reads change solely through
+`specc calibrate --from-runs EXPERIMENT`, which folds these accuracies in. Only runs that completed or
+early-stopped without an extension are compared (estimate.measurement_problem): an interrupted,
+failed or extended run did not run what was estimated.
 """
 from __future__ import annotations
 
@@ -16,10 +20,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from specc.errors import UserError
-from specc.lifecycle.estimate import fmt_duration
+from specc.lifecycle.estimate import fmt_duration, measurement_problem
 from specc.lifecycle.verdict import CONFIRMED, INCONCLUSIVE, REJECTED, Verdict, judge, metric_value, overall
 
-COLUMNS = ("status", "steps", "best_val_loss", "final_loss", "tokens_per_s", "wall_hours", "peak_mem_gb")
+# The report's table. `wall` is summary.json's wall_s, shown as a duration (the expectation metric
+# wall_hours stays in hours); `validated on` is the size of each evaluation (metrics.jsonl eval lines).
+COLUMNS = ("status", "steps", "best_val_loss", "final_loss", "tokens_per_s", "wall", "peak_mem_gb", "validated on")
+ACCURACY_FILE = "time_accuracy.json"
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -71,8 +78,12 @@ class RunData:
     def metric(self, name: str) -> float | None:
         if name in ("status",):
             return None
+        if name == "wall":
+            return metric_value(self.summary, "wall_s", self.records)
+        if name == "validated on":
+            return eval_size(self.records)[1]
         if name == "steps":
-            s = (self.summary or {}).get("steps")
+            s = (self.summary or {}).get("steps") if self.status != "running" else None   # running: its start step
             return float(s) if s is not None else float(max((r.get("step", 0) for r in self.records), default=0))
         return metric_value(self.summary, name, self.records)
 
@@ -161,50 +172,103 @@ class Accuracy:
     raw_estimated_s: float
     shape_key: str
     device_key: str
-    when: str            # "made before the run" | "now (no estimate was recorded with the run)"
+    when: str            # "made before the run" | "now (no estimate was recorded with the run)" (+ pro-rating)
+    calibrated_at: str = ""
 
     @property
     def time_accuracy(self) -> float:
         return self.estimated_s / self.actual_s
 
+    @property
+    def raw_time_accuracy(self) -> float:
+        """Before the correction the estimate applied: what corrects the next estimate."""
+        return self.raw_estimated_s / self.actual_s
+
+
+def accuracy_problem(run: RunData) -> str | None:
+    """Why this run's wall time cannot be compared with its estimate, or None."""
+    if run.kind != "train":
+        return f"a {run.kind} run"
+    problem = measurement_problem(run.summary, run.config)
+    if problem is None and not (run.summary or {}).get("wall_s"):
+        problem = "summary.json has no wall_s"
+    return problem
+
+
+def _recorded_or_now(run: RunData, calibrations_dir) -> tuple[dict, str] | None:
+    s = run.summary or {}
+    est = s.get("estimate") or run.config.get("estimate") or {}
+    if est.get("wall_s"):
+        return est, "made before the run"
+    from specc.lifecycle.calibrations import load_calibration
+    from specc.lifecycle.estimate import estimate_run
+    from specc.lifecycle.shape import device_key
+
+    try:
+        cal = load_calibration(device_key(run.config["resources"]), calibrations_dir)
+        e = estimate_run(run.config, calibration=cal)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if e.wall_s is None:
+        return None
+    return e.to_config(), "now (no estimate was recorded with the run)"
+
 
 def time_accuracy(run: RunData, calibrations_dir=None) -> Accuracy | None:
-    s = run.summary
-    if not s or s.get("status") != "completed" or not s.get("wall_s") or run.kind != "train":
+    """Estimated / actual wall time of a run that ran as planned (accuracy_problem is None).
+
+    When the run did another number of steps than estimated (early stopping), the estimate is pro-rated
+    to the steps done, and `when` says so."""
+    if accuracy_problem(run) is not None:
         return None
-    est = s.get("estimate") or run.config.get("estimate") or {}
-    when = "made before the run"
-    if not est.get("wall_s"):
-        from specc.lifecycle.calibrations import load_calibration
-        from specc.lifecycle.estimate import estimate_run
-        from specc.lifecycle.shape import device_key
-
-        try:
-            cal = load_calibration(device_key(run.config["resources"]), calibrations_dir)
-            e = estimate_run(run.config, calibration=cal)
-        except (KeyError, TypeError, ValueError):
-            return None
-        if e.wall_s is None:
-            return None
-        est, when = e.to_config(), "now (no estimate was recorded with the run)"
-    return Accuracy(est["source"], est.get("source_text", ""), float(est["wall_s"]), float(s["wall_s"]),
-                    float(est.get("raw_wall_s") or est["wall_s"]), est.get("shape_key", ""), est.get("device_key", ""),
-                    when)
-
-
-def write_back(run: RunData, acc: Accuracy, calibrations_dir=None) -> Path | None:
-    """Record raw estimate / actual in the calibration file of the run's device key."""
-    if acc.source not in ("calibration", "declared") or not acc.shape_key or not acc.device_key:
+    found = _recorded_or_now(run, calibrations_dir)
+    if found is None:
         return None
-    from specc.lifecycle.calibrations import open_calibration
+    est, when = found
+    s = run.summary or {}
+    share, planned, done = 1.0, est.get("steps"), s.get("steps")
+    if planned and done and int(planned) != int(done):
+        share = int(done) / int(planned)
+        when += f"; pro-rated to the {int(done):,} of {int(planned):,} estimated steps it ran ({s.get('status')})"
+    wall = float(est["wall_s"])
+    return Accuracy(est["source"], est.get("source_text", ""), wall * share, float(s["wall_s"]),
+                    float(est.get("raw_wall_s") or wall) * share, est.get("shape_key", ""), est.get("device_key", ""),
+                    when, str(est.get("calibrated_at") or ""))
 
-    cal = open_calibration(acc.device_key, calibrations_dir)
-    cal.add_accuracy(acc.shape_key, {
-        "run": f"{run.experiment}/{run.name}", "source": acc.source, "estimated_s": acc.raw_estimated_s,
-        "actual_s": acc.actual_s, "time_accuracy": acc.raw_estimated_s / acc.actual_s,
-        "at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
-    cal.save()
-    return cal.path
+
+def calibration_record(run: RunData, acc: Accuracy) -> dict:
+    """What `specc calibrate --from-runs` files under the calibration's accuracy records."""
+    return {"run": f"{run.experiment}/{run.name}", "source": acc.source, "estimated_s": acc.raw_estimated_s,
+            "actual_s": acc.actual_s, "time_accuracy": acc.raw_time_accuracy,
+            "at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def accuracy_document(experiment: str, reports: list) -> dict:
+    """runs/<experiment>/time_accuracy.json: each compared run, and why the others were not compared."""
+    compared, skipped = [], []
+    for r in reports:
+        run, acc = r.run, r.accuracy
+        name = f"{run.experiment}/{run.name}"
+        if acc is not None:
+            compared.append({"run": name, "source": acc.source, "source_text": acc.source_text, "when": acc.when,
+                             "shape_key": acc.shape_key, "device_key": acc.device_key, "estimated_s": acc.estimated_s,
+                             "raw_estimated_s": acc.raw_estimated_s, "actual_s": acc.actual_s,
+                             "time_accuracy": acc.time_accuracy, "raw_time_accuracy": acc.raw_time_accuracy,
+                             **({"calibrated_at": acc.calibrated_at} if acc.calibrated_at else {})})
+        elif run.kind == "train":
+            skipped.append({"run": name, "reason": r.accuracy_note or "no estimate to compare"})
+    return {"experiment": experiment, "written_by": "specc report",
+            "at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "fold_into_calibrations": f"specc calibrate --from-runs {experiment}",
+            "compared": compared, "not_compared": skipped}
+
+
+def write_accuracy(exp_dir: Path, document: dict) -> Path:
+    path = exp_dir / ACCURACY_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 # --- observations --------------------------------------------------------------------------------------
@@ -222,6 +286,23 @@ class Trends:
     step_cv: float | None = None
     mem_growth: float | None = None
     n_steps: int = 0
+
+
+def eval_size(records: list[dict]) -> tuple[int | None, int | None]:
+    """(validation examples, validation tokens) of the latest evaluation; None where not recorded."""
+    for r in reversed(records):
+        if isinstance(r.get("val_loss"), (int, float)) or "val_tokens" in r:
+            ex, tok = r.get("val_examples"), r.get("val_tokens")
+            return (int(ex) if isinstance(ex, (int, float)) else None, int(tok) if isinstance(tok, (int, float)) else None)
+    return None, None
+
+
+def eval_size_text(records: list[dict]) -> str | None:
+    """'12 examples, 1,234 target tokens', from metrics.jsonl's latest evaluation."""
+    ex, tok = eval_size(records)
+    parts = ([f"{ex:,} example{'s' if ex != 1 else ''}"] if ex is not None else []) + \
+            ([f"{tok:,} target tokens"] if tok is not None else [])
+    return ", ".join(parts) or None
 
 
 def trends(records: list[dict]) -> Trends:
@@ -263,17 +344,22 @@ def observations(run: RunData, tr: Trends, acc: Accuracy | None) -> list[str]:
     out = []
     if not s:
         out.append(f"`{run.name}` has no summary.json: it is still running or was killed (see `specc watch {run.dir}`).")
+    elif s.get("status") == "running":
+        out.append(f"`{run.name}` has not ended: its summary.json says running (from step {s.get('steps')} of "
+                   f"{s.get('total_steps')}); `specc watch {run.dir}` tells whether its process is alive.")
     elif s.get("status") != "completed":
-        out.append(f"`{run.name}` ended **{s.get('status')}** at step {s.get('steps')}/{s.get('total_steps')}: "
-                   f"{s.get('stop_reason', '')}.")
+        reason = s.get("stop_reason")
+        out.append(f"`{run.name}` ended **{s.get('status')}** at step {s.get('steps')}/{s.get('total_steps')}"
+                   + (f": {reason}." if reason else "."))
     if tr.first_loss is not None and tr.final_loss is not None and tr.first_loss > 0:
         out.append(f"`{run.name}`: train loss {tr.first_loss:.3f} → {tr.final_loss:.3f} "
                    f"({100 * (tr.final_loss - tr.first_loss) / tr.first_loss:+.0f}%) over {tr.n_steps} steps"
                    + (f"; {_trend_words(tr.end_slope)} over the last quarter ({100 * tr.end_slope:+.1f}%)."
                       if tr.end_slope is not None else "."))
     if tr.val_best is not None:
+        size = eval_size_text(run.records)
         text = (f"`{run.name}`: validation loss {tr.val_first:.3f} at step 0 → best {tr.val_best:.3f} at step "
-                f"{tr.val_best_step}")
+                f"{tr.val_best_step}" + (f" (each evaluation: {size})" if size else ""))
         if tr.val_last is not None and tr.val_last > tr.val_best * 1.02:
             text += (f", then up to {tr.val_last:.3f} at the end: overfitting after step {tr.val_best_step} "
                      "(best/ holds the best adapter)")
@@ -320,6 +406,7 @@ class RunReport:
     trends: Trends
     accuracy: Accuracy | None
     notes: list[str] = field(default_factory=list)
+    accuracy_note: str = ""          # why the run's time was not compared with its estimate
 
 
 @dataclass
@@ -332,7 +419,7 @@ class ExperimentReport:
     overall: str
     next_steps: list[str]
     plots: list[Path] = field(default_factory=list)
-    written_back: list[Path] = field(default_factory=list)
+    accuracy_file: Path | None = None     # runs/<experiment>/time_accuracy.json
 
     def sorted_runs(self, key: str | None, descending: bool = False) -> list[RunReport]:
         if not key:
@@ -347,8 +434,10 @@ class ExperimentReport:
 
 
 def build_report(target: str | Path, *, runs_root: Path = Path("runs"), baseline: str | None = None,
-                 write_back_accuracy: bool = True, plots: bool = True, calibrations_dir=None,
+                 record_accuracy: bool = True, plots: bool = True, calibrations_dir=None,
                  include_test: bool = False) -> ExperimentReport:
+    """Judge, compare and plot an experiment's runs. Writes under its runs/ directory only (plots/,
+    time_accuracy.json); `calibrations_dir` is read, for estimates of runs that recorded none."""
     exp_dir = experiment_dir(target, runs_root)
     runs = load_experiment(exp_dir, include_test)
     if not runs:
@@ -356,23 +445,22 @@ def build_report(target: str | Path, *, runs_root: Path = Path("runs"), baseline
     experiment = runs[0].experiment
     base_name = baseline or next((b for b in (baseline_experiment(r.config) for r in runs) if b), None)
     base_runs = load_experiment(runs_root / base_name) if base_name and (runs_root / base_name).is_dir() else []
-    reports, written = [], []
+    reports = []
     for run in runs:
         expected = ((run.config.get("hypothesis") or {}).get("expected") or []) if run.kind == "train" else []
         b = baseline_run(base_runs, run.name) if base_runs else None
         verdicts = [judge(e, run.summary, run.records, b.summary if b else None, b.records if b else None,
                           base_name) for e in expected]
         acc = time_accuracy(run, calibrations_dir)
-        if acc is not None and write_back_accuracy:
-            path = write_back(run, acc, calibrations_dir)
-            if path and path not in written:
-                written.append(path)
-        reports.append(RunReport(run, verdicts, trends(run.records), acc))
+        note = (accuracy_problem(run) or "no estimate was recorded and none can be made now") if acc is None else ""
+        reports.append(RunReport(run, verdicts, trends(run.records), acc, accuracy_note=note))
     for r in reports:
         r.notes = observations(r.run, r.trends, r.accuracy)
     verdict = overall([v for r in reports for v in r.verdicts])
-    report = ExperimentReport(experiment, exp_dir, reports, base_name, base_runs, verdict, [], [], written)
+    report = ExperimentReport(experiment, exp_dir, reports, base_name, base_runs, verdict, [], [])
     report.next_steps = next_steps(report)
+    if record_accuracy:
+        report.accuracy_file = write_accuracy(exp_dir, accuracy_document(experiment, reports))
     if plots:
         from specc.lifecycle.plots import plot_experiment
 
@@ -428,8 +516,9 @@ def next_steps(rep: ExperimentReport) -> list[str]:
     if off:
         a = off[0].accuracy
         steps.append(f"Recalibrate: the estimate of `{off[0].run.name}` was off (time_accuracy {a.time_accuracy:.2f}, "
-                     f"{a.source}); run `specc calibrate SPEC` on the target hardware. The ratio is recorded, so the next "
-                     "estimate of this shape is corrected already.")
+                     f"{a.source}); run `specc calibrate SPEC` on the target hardware, or fold the measured ratio into "
+                     f"the calibration with `specc calibrate --from-runs {rep.experiment}` so the next estimate of this "
+                     "shape is corrected by it.")
     # Then: push further or change approach.
     metric = _first_loss_metric(train)
     finished = [r for r in train if r.run.metric(metric) is not None]
@@ -482,8 +571,10 @@ def fmt_metric(name: str, value) -> str:
         return f"{value:,.0f}"
     if name == "tokens_per_s":
         return f"{value:,.0f}"
-    if name == "wall_hours":
-        return fmt_duration(value * 3600)
+    if name == "wall_hours":     # the expectation metric: hours, as the hypothesis states it
+        return f"{value:.3g} h" + (f" ({fmt_duration(value * 3600)})" if value < 1 else "")
+    if name in ("wall", "wall_s"):
+        return fmt_duration(value)
     if name == "peak_mem_gb":
         return f"{value:.2f} GB"
     if abs(value) >= 1000:
@@ -494,7 +585,12 @@ def fmt_metric(name: str, value) -> str:
 def run_row(r: RunReport, columns=COLUMNS) -> list[str]:
     row = [r.run.name]
     for c in columns:
-        row.append(r.run.status if c == "status" else fmt_metric(c, r.run.metric(c)))
+        if c == "status":
+            row.append(r.run.status)
+        elif c == "validated on":
+            row.append(eval_size_text(r.run.records) or "—")
+        else:
+            row.append(fmt_metric(c, r.run.metric(c)))
     verdicts = [v.verdict for v in r.verdicts]
     row.append(" ".join(f"{verdicts.count(k)} {k.lower()}" for k in (CONFIRMED, REJECTED, INCONCLUSIVE)
                         if verdicts.count(k)) or "—")
@@ -540,11 +636,15 @@ def render_markdown(rep: ExperimentReport, sort: str | None = None, descending: 
             a = r.accuracy
             lines.append(f"| `{r.run.name}` | {a.source} ({a.when}) | {fmt_duration(a.estimated_s)} | "
                          f"{fmt_duration(a.actual_s)} | {a.time_accuracy:.2f} |")
-        if rep.written_back:
-            lines += ["", "Recorded in " + ", ".join(f"`{p.as_posix()}`" for p in rep.written_back)
-                      + ": the next estimate of these shapes is corrected by it."]
     else:
-        lines.append("No estimate to compare (no calibration or declared figure, or no completed run).")
+        lines.append("No estimate to compare (no calibration or declared figure, or no run that finished as planned).")
+    skipped = [r for r in rep.runs if r.run.kind == "train" and r.accuracy is None and accuracy_problem(r.run)]
+    if skipped:
+        lines += [""] + [f"- `{r.run.name}`: not compared: {r.accuracy_note}." for r in skipped]
+    if rep.accuracy_file is not None and accs:
+        lines += ["", f"Recorded in `{rep.accuracy_file.as_posix()}` (under runs/: reporting leaves `calibrations/` as it "
+                      f"is). `specc calibrate --from-runs {rep.experiment}` folds these ratios into the calibration "
+                      "files, and the next estimate of these shapes is corrected by them."]
     if rep.plots:
         lines += ["", "## Plots", ""]
         for p in rep.plots:

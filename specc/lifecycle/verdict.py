@@ -102,6 +102,8 @@ def _why_not_evaluable(summary: dict | None, metric: str) -> str | None:
     if summary is None:
         return "the run has no summary.json (still running, or killed before it finished)"
     status = summary.get("status")
+    if status == "running":
+        return "the run has not ended (summary.json says running)"
     if status not in FINISHED:
         reason = summary.get("stop_reason")
         return f"the run did not complete (status {status})" + (f": {reason}" if reason else "")

@@ -1,24 +1,42 @@
 """`specc watch RUN|EXPERIMENT`: follow a run from its files alone (no server, no scheduler queries).
 
-Reads runs/<exp>/<run>/metrics.jsonl (flushed every step: its modification time is the heartbeat),
-config.json (total steps, time limit, window, estimate), summary.json (the run has ended) and the
-SLURM log in runs/<exp>/logs/ when there is one. Flags what the seeds' monitors look for, each with
-the seeds' advice:
+Reads runs/<exp>/<run>/metrics.jsonl (a line per step, evaluation and event, each with its unix time
+"t": the heartbeat), config.json (total steps, time limit, window, estimate), summary.json and the
+SLURM log in runs/<exp>/logs/ when there is one.
+
+summary.json says "running" from before a process' first step (with its pid, host and started_at)
+until it ends, when the final summary replaces it. So a "running" summary is not an ended run: step,
+loss and best come from metrics.jsonl (cut back to the resume point when a run resumes, so its lines
+are current). A run that is not ended is presumed dead when
+
+- its process is gone: summary.json names this host and `os.kill(pid, 0)` finds no such process (or a
+  zombie, or a process younger than the run); or, when that cannot be checked (another host),
+- no new metrics line for max(60 s, 20 × the recent median step, 2 × the longest pause seen between
+  its lines: evaluations, checkpoints); before its first line, 10 minutes after it started (lines
+  without "t", from an older engine: at least 5 minutes).
+
+Flags, each with the seeds' advice:
 
     OOM (log text)                    stop          reduce batch size / enable gradient checkpointing, retest
-    loss NaN/Inf, diverged            stop          reduce LR, add gradient clipping, retest
-    process gone (stale heartbeat,    investigate   read the log; `specc run` resumes from the newest checkpoint
-      no summary; killed/cancelled)
+    loss NaN/Inf, diverged, failed    stop          reduce LR, add gradient clipping, retest
+    process gone (killed, stalled)    investigate   read the log; `specc run` resumes from the newest checkpoint
+    interrupted                       investigate   `specc run` (or the requeued job) resumes it
     loss plateau                      investigate   loss stable but not decreasing: LR too low or a bug
     loss rising                       investigate   (stop if it keeps rising)
     throughput falling                investigate   data loading, a shared node
     memory growing                    investigate   a leak: a longer run will OOM
     behind its time window            investigate   it will not finish in the window (checkpoint + requeue)
-    healthy                           continue
+    healthy, still running            continue
+    completed or early-stopped        done          (no advice: nothing is left to do)
+
+`specc watch --once` exits with EXIT_CODES[advice]: 0 continue or done, 1 stop, 3 investigate (the
+worst over the runs shown).
 """
 from __future__ import annotations
 
+import os
 import re
+import socket
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -27,8 +45,16 @@ from pathlib import Path
 from specc.lifecycle.estimate import fmt_duration
 from specc.lifecycle.report import read_json, read_jsonl
 
-CONTINUE, INVESTIGATE, STOP = "continue", "investigate", "stop"
-STALE_MIN_S = 300.0          # no heartbeat for this long (or 20 step cycles) and no summary: presumed dead
+CONTINUE, INVESTIGATE, STOP, DONE = "continue", "investigate", "stop", "done"
+EXIT_STOP, EXIT_INVESTIGATE = 1, 3
+EXIT_CODES = {CONTINUE: 0, DONE: 0, STOP: EXIT_STOP, INVESTIGATE: EXIT_INVESTIGATE}
+ENDED = ("completed", "early_stopped", "diverged", "interrupted", "failed")
+FINISHED = ("completed", "early_stopped")
+HEARTBEAT_MIN_S = 60.0       # no new metrics line for at least this long ...
+HEARTBEAT_STEPS = 20         # ... and 20 recent step cycles ...
+HEARTBEAT_GAP = 2.0          # ... and twice the longest pause seen between lines: presumed dead or stalled
+STARTUP_S = 600.0            # no line yet in this attempt: the first evaluation and step get this long
+UNTIMED_MIN_S = 300.0        # lines without "t" (an older engine): pauses cannot be measured, so wait longer
 OOM_PATTERNS = re.compile(r"CUDA out of memory|OutOfMemoryError|out of memory|MemoryError|oom-kill|OOM Killed|"
                           r"Out Of Memory|memory cgroup out of memory", re.IGNORECASE)
 KILLED_PATTERNS = re.compile(r"\bKilled\b|killed by signal|CANCELLED|DUE TO TIME LIMIT|Segmentation fault|"
@@ -62,11 +88,28 @@ class Snapshot:
     mem_mb: float | None
     flags: list[Flag] = field(default_factory=list)
     log: Path | None = None
+    alive: bool | None = None            # the process checked (this host): True / False; None: not checkable
+    stale_after_s: float | None = None   # no heartbeat for this long: presumed dead
 
     @property
     def advice(self) -> str:
         kinds = {f.advice for f in self.flags}
-        return STOP if STOP in kinds else INVESTIGATE if INVESTIGATE in kinds else CONTINUE
+        if STOP in kinds:
+            return STOP
+        if INVESTIGATE in kinds:
+            return INVESTIGATE
+        return DONE if self.ended else CONTINUE
+
+    @property
+    def gone(self) -> bool:
+        """Its process is known to be dead: it will not end by itself."""
+        return not self.ended and self.alive is False
+
+
+def exit_code(snaps: list[Snapshot]) -> int:
+    """1 if any run should be stopped, 3 if any needs investigating, else 0."""
+    advice = {s.advice for s in snaps}
+    return EXIT_STOP if STOP in advice else EXIT_INVESTIGATE if INVESTIGATE in advice else 0
 
 
 def _mtime(path: Path) -> float | None:
@@ -106,50 +149,185 @@ def _tail(path: Path, limit: int = 200_000) -> str:
         return ""
 
 
-def snapshot(run_dir: Path, now: float | None = None) -> Snapshot:
-    """What a run's files say right now, with flags and advice."""
+# --- is the process alive? -----------------------------------------------------------------------------
+
+def _proc_start_time(pid: int) -> float | None:
+    """Unix start time of a process (Linux /proc), None elsewhere."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat[stat.rindex(")") + 2:].split()[19])
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime "))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2:].split()[0] == "Z"
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def process_alive(summary: dict | None) -> bool | None:
+    """Is the process a "running" summary names alive? None when this host cannot tell (another host,
+    no pid). A zombie, or a process that started after the run did (its pid reused), is not the run."""
+    s = summary or {}
+    pid = s.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or s.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True           # another user's process: it exists
+    except OSError:
+        return None
+    if _zombie(pid):
+        return False
+    started, born = s.get("started_at"), _proc_start_time(pid)
+    if isinstance(started, (int, float)) and born is not None and born > started + 2:
+        return False
+    return True
+
+
+# --- reading a run's files -------------------------------------------------------------------------------
+
+@dataclass
+class Attempt:
+    """The process now (or last) training: where it started and what it wrote since."""
+    running: bool                # summary.json says running, or a new attempt began after it ended
+    started_at: float | None     # unix time
+    start_step: int
+    lines: list[dict]            # metrics lines of this attempt (all of them when they carry no "t")
+
+
+def _attempt(summary: dict | None, records: list[dict], config_mtime: float | None, summary_mtime: float | None) -> Attempt:
+    status = (summary or {}).get("status")
+    if summary is not None and status == "running":
+        started = summary.get("started_at")
+        started = float(started) if isinstance(started, (int, float)) else summary_mtime
+        lines = [r for r in records if not isinstance(r.get("t"), (int, float)) or started is None or r["t"] >= started - 1]
+        return Attempt(True, started, int(summary.get("steps") or 0), lines)
+    if summary is not None and config_mtime and summary_mtime and config_mtime > summary_mtime + 1:
+        # config.json is rewritten when a process starts: a new attempt is setting up (model load, data)
+        # and has not yet replaced the old summary with its "running" one.
+        return Attempt(True, config_mtime, int(summary.get("steps") or 0), [])
+    return Attempt(summary is None, config_mtime, 0, records)
+
+
+def _step_lines(records: list[dict]) -> list[dict]:
+    return [r for r in records if "loss" in r and "step" in r]
+
+
+def _times(lines: list[dict]) -> list[float]:
+    return [float(r["t"]) for r in lines if isinstance(r.get("t"), (int, float))]
+
+
+def heartbeat(attempt: Attempt, metrics_mtime: float | None) -> float | None:
+    """Unix time of the newest sign of life: the last metrics line's "t", else the file's mtime."""
+    if not attempt.lines:
+        return attempt.started_at
+    times = _times(attempt.lines)
+    return max(times) if times else metrics_mtime
+
+
+def stale_after(attempt: Attempt, steps: list[dict]) -> float:
+    """How long without a new line means dead or stalled (see the module docstring)."""
+    if not attempt.lines:
+        return STARTUP_S
+    recent = steps[-50:]
+    cycles = [r["step_s"] for r in recent if isinstance(r.get("step_s"), (int, float)) and r["step_s"] > 0]
+    times = _times(recent)
+    cycles += [b - a for a, b in zip(times, times[1:]) if b > a][-len(recent):]
+    typical = statistics.median(cycles) if cycles else 0.0
+    stamped = _times(attempt.lines)
+    marks = ([attempt.started_at] if attempt.started_at is not None and stamped else []) + stamped
+    longest = max((b - a for a, b in zip(marks, marks[1:])), default=0.0)
+    floor = HEARTBEAT_MIN_S if stamped else UNTIMED_MIN_S
+    return max(floor, HEARTBEAT_STEPS * typical, HEARTBEAT_GAP * longest)
+
+
+def _limit(config: dict) -> float | None:
     from specc.spec.model import parse_time
 
+    res = config.get("resources") or {}
+    if not res.get("time"):
+        return None
+    try:
+        return float(parse_time(res["time"]))
+    except ValueError:
+        return None
+
+
+def snapshot(run_dir: Path, now: float | None = None) -> Snapshot:
+    """What a run's files say right now, with flags and advice."""
     now = time.time() if now is None else now
     config = read_json(run_dir / "config.json") or {}
     summary = read_json(run_dir / "summary.json")
     records = read_jsonl(run_dir / "metrics.jsonl")
-    steps = [r for r in records if "loss" in r and "step" in r]
-    vals = [r for r in records if "val_loss" in r]
+    attempt = _attempt(summary, records, _mtime(run_dir / "config.json"), _mtime(run_dir / "summary.json"))
+    ended = summary is not None and not attempt.running and summary.get("status") in ENDED
+    final = summary if ended else None
+    steps = _step_lines(records)
+    vals = [r for r in records if isinstance(r.get("val_loss"), (int, float))]
     total = (summary or {}).get("total_steps") or (config.get("training") or {}).get("total_steps")
-    started = _mtime(run_dir / "config.json")
-    beat = _mtime(run_dir / "metrics.jsonl")
-    step = (summary or {}).get("steps") if summary else (steps[-1]["step"] if steps else 0)
-    elapsed = (summary or {}).get("wall_s") if summary else ((now - started) if started else None)
-    limit = None
-    res = config.get("resources") or {}
-    if res.get("time"):
-        try:
-            limit = float(parse_time(res["time"]))
-        except ValueError:
-            limit = None
+    if final is not None:
+        step, elapsed, status = final.get("steps") or 0, final.get("wall_s"), final["status"]
+    else:
+        step = max([attempt.start_step] + [r["step"] for r in _step_lines(attempt.lines)])
+        elapsed = (now - attempt.started_at) if attempt.started_at else None
+        status = "running" if _step_lines(attempt.lines) or any("val_loss" in r for r in attempt.lines) else "starting"
+    beat = None if ended else heartbeat(attempt, _mtime(run_dir / "metrics.jsonl"))
     recent = steps[-20:]
     timed = [r for r in recent if isinstance(r.get("step_s"), (int, float)) and r["step_s"] > 0]
     tps = (sum(r.get("tokens", 0) for r in timed) / sum(r["step_s"] for r in timed)) if timed else None
-    mem = steps[-1].get("mem_mb") if steps else None
     losses = [r["loss"] for r in steps if isinstance(r.get("loss"), (int, float))]
-    loss_avg = statistics.fmean(losses[-50:]) if losses else None
+    best = (final or {}).get("best_val_loss") or min((v["val_loss"] for v in vals), default=None)
     eta = None
-    if not summary and total and step and elapsed and started:
-        # Rate over the whole run so far, evaluations and checkpoints included; recent steps when available.
-        rate = elapsed / step
-        eta = (total - step) * rate
-    snap = Snapshot(run_dir, f"{run_dir.parent.name}/{run_dir.name}", summary is not None,
-                    (summary or {}).get("status") or ("running" if steps or vals else "starting"),
-                    int(step or 0), total, elapsed, (now - beat) if beat else None, eta, limit, loss_avg,
-                    vals[-1].get("val_loss") if vals else None, (summary or {}).get("best_val_loss") or
-                    (min((v["val_loss"] for v in vals if isinstance(v.get("val_loss"), (int, float))), default=None)),
-                    tps, mem, log=find_log(run_dir, config.get("index")))
-    snap.flags = _flags(snap, config, summary, records, steps, now)
+    done_here = step - attempt.start_step
+    if final is None and total and done_here > 0 and elapsed:
+        eta = (total - step) * elapsed / done_here    # this attempt's pace, evaluations and checkpoints included
+    snap = Snapshot(run_dir, f"{run_dir.parent.name}/{run_dir.name}", ended, status, int(step or 0), total, elapsed,
+                    (now - beat) if beat else None, eta, _limit(config),
+                    statistics.fmean(losses[-50:]) if losses else None, vals[-1]["val_loss"] if vals else None, best,
+                    tps, steps[-1].get("mem_mb") if steps else None, log=find_log(run_dir, config.get("index")))
+    if not ended:
+        snap.alive = process_alive(summary) if (summary or {}).get("status") == "running" else None
+        snap.stale_after_s = stale_after(attempt, _step_lines(attempt.lines) or steps)
+    snap.flags = _flags(snap, config, final, records, steps, now, summary)
+    if snap.gone:
+        snap.status, snap.eta_s = "killed", None
+    elif any(f.kind == "killed" for f in snap.flags):
+        snap.status, snap.eta_s = f"{snap.status}, no progress", None
     return snap
 
 
-def _flags(s: Snapshot, config: dict, summary: dict | None, records: list[dict], steps: list[dict], now: float) -> list[Flag]:
+def _liveness_flags(s: Snapshot, summary: dict | None, log_text: str) -> list[Flag]:
+    killed = KILLED_PATTERNS.search(log_text)
+    why = f"; the log says: {killed.group(0)}" if killed else ""
+    resume = "Read the log; `specc run` (or requeue) resumes from the newest checkpoint"
+    if s.alive is False:
+        pid, host = (summary or {}).get("pid"), (summary or {}).get("host")
+        return [Flag("killed", INVESTIGATE, f"its process (pid {pid} on {host}) is gone and summary.json still says "
+                                            f"running: it was killed at step {s.step}{why}. {resume}")]
+    age, limit = s.heartbeat_age_s, s.stale_after_s
+    if age is not None and limit is not None and age > limit:
+        what = "no progress" if s.status != "starting" else "no first step"
+        return [Flag("killed", INVESTIGATE, f"{what} for {fmt_duration(age)} (more than {fmt_duration(limit)}) and no "
+                                            f"final summary.json: the process is probably gone or stalled{why}. {resume}")]
+    if killed and age is not None and age > HEARTBEAT_MIN_S:
+        return [Flag("killed", INVESTIGATE, f"the log says {killed.group(0)!r} and progress stopped "
+                                            f"{fmt_duration(age)} ago")]
+    return []
+
+
+def _flags(s: Snapshot, config: dict, summary: dict | None, records: list[dict], steps: list[dict], now: float,
+           current: dict | None = None) -> list[Flag]:
+    """`summary`: the final summary of an ended run (None while it runs); `current`: summary.json as read."""
     flags: list[Flag] = []
     log_text = _tail(s.log) if s.log else ""
     if OOM_PATTERNS.search(log_text):
@@ -162,19 +340,7 @@ def _flags(s: Snapshot, config: dict, summary: dict | None, records: list[dict],
         flags.append(Flag("nan", STOP, f"loss is NaN/Inf{where}: reduce the learning rate, add gradient clipping "
                                        "(training.grad_clip), retest"))
     if summary is None:
-        cycles = [r["step_s"] for r in steps[-50:] if isinstance(r.get("step_s"), (int, float))]
-        typical = statistics.median(cycles) if cycles else 0.0
-        threshold = max(STALE_MIN_S, 20 * typical)
-        killed = KILLED_PATTERNS.search(log_text)
-        if s.heartbeat_age_s is not None and s.heartbeat_age_s > threshold:
-            why = f"; the log says: {killed.group(0)}" if killed else ""
-            flags.append(Flag("killed", INVESTIGATE,
-                              f"no progress for {fmt_duration(s.heartbeat_age_s)} and no summary.json: the process "
-                              f"is probably gone{why}. Read the log; `specc run` (or requeue) resumes from the newest "
-                              "checkpoint"))
-        elif killed and s.heartbeat_age_s is not None and s.heartbeat_age_s > 60:
-            flags.append(Flag("killed", INVESTIGATE, f"the log says {killed.group(0)!r} and progress stopped "
-                                                     f"{fmt_duration(s.heartbeat_age_s)} ago"))
+        flags += _liveness_flags(s, current, log_text)
     losses = [r["loss"] for r in steps if isinstance(r.get("loss"), (int, float))]
     if len(losses) >= 100:
         w = 50
@@ -207,7 +373,8 @@ def _flags(s: Snapshot, config: dict, summary: dict | None, records: list[dict],
             if m0 and (m1 - m0) / m0 > 0.5:
                 flags.append(Flag("memory", INVESTIGATE, f"memory grew {100 * (m1 / m0 - 1):.0f}% ({m0:.0f} → "
                                                          f"{m1:.0f} MB): a leak will OOM a longer run"))
-    if summary is None and s.eta_s is not None and s.elapsed_s is not None:
+    alive = not any(f.kind == "killed" for f in flags)
+    if summary is None and alive and s.eta_s is not None and s.elapsed_s is not None:
         est = (config.get("estimate") or {})
         if est.get("window_hours"):   # the seeds' window, less the margin held back for the final checkpoint
             budget = (est["window_hours"] - (est.get("margin_hours") or 0.0)) * 3600
@@ -220,10 +387,16 @@ def _flags(s: Snapshot, config: dict, summary: dict | None, records: list[dict],
                               f"behind its window: {fmt_duration(s.elapsed_s)} elapsed + {fmt_duration(s.eta_s)} to go "
                               f"= {fmt_duration(finish)} > {fmt_duration(budget)} ({what}). It will checkpoint at the "
                               "time limit and must be resumed (requeue) — or cut steps"))
-    if summary is not None and summary.get("status") in ("completed", "early_stopped") and not flags:
+    status = (summary or {}).get("status")
+    if status in FINISHED and not flags:
         return []
-    if summary is not None and summary.get("status") == "failed":
+    if status == "failed":
         flags.append(Flag("failed", STOP, f"the run failed: {summary.get('stop_reason')}"))
+    if status == "interrupted":
+        flags.append(Flag("interrupted", INVESTIGATE, f"interrupted at step {s.step}/{s.total_steps} "
+                                                      f"({summary.get('stop_reason') or 'no reason recorded'}): "
+                                                      "`specc run` (or the requeued job) resumes it from its newest "
+                                                      "checkpoint"))
     return flags
 
 
@@ -246,10 +419,10 @@ def describe(s: Snapshot) -> list[str]:
     lines = [head + (" | " + ", ".join(bits) if bits else "")]
     timing = []
     if s.elapsed_s is not None:
-        timing.append(f"elapsed {fmt_duration(s.elapsed_s)}")
+        timing.append(f"{'wall' if s.ended else 'elapsed'} {fmt_duration(s.elapsed_s)}")
     if s.eta_s is not None:
         timing.append(f"remaining ~{fmt_duration(s.eta_s)}")
-    if s.limit_s:
+    if s.limit_s and not s.ended:
         timing.append(f"time limit {fmt_duration(s.limit_s)}")
         if s.eta_s is not None and s.elapsed_s is not None:
             timing.append("on track" if s.elapsed_s + s.eta_s <= s.limit_s else "NOT on track")
@@ -261,7 +434,10 @@ def describe(s: Snapshot) -> list[str]:
         lines.append(f"  log: {s.log}")
     for f in s.flags:
         lines.append(f"  [{f.advice.upper()}] {f.kind}: {f.message}")
-    lines.append(f"  advice: {s.advice}" + ("" if s.flags else " (nothing wrong seen)"))
+    if s.advice == DONE:
+        lines.append(f"  advice: none, the run is done ({s.status})")
+    else:
+        lines.append(f"  advice: {s.advice}" + ("" if s.flags else " (nothing wrong seen)"))
     return lines
 
 
@@ -274,7 +450,8 @@ def run_dirs(target: Path) -> list[Path]:
 
 def follow(target: Path, *, interval: float = 30.0, emit=print, timeout: float | None = None,
            sleep=time.sleep) -> list[Snapshot]:
-    """Print a snapshot whenever something changes; return once every run has a summary.json."""
+    """Print a snapshot whenever something changes; return once every run has ended (its final
+    summary.json) or its process is known to be gone."""
     last: dict[Path, tuple] = {}
     start = time.time()
     while True:
@@ -286,7 +463,7 @@ def follow(target: Path, *, interval: float = 30.0, emit=print, timeout: float |
                 last[s.run_dir] = sig
                 for line in describe(s):
                     emit(line)
-        if snaps and all(s.ended for s in snaps):
+        if snaps and all(s.ended or s.gone for s in snaps):
             return snaps
         if timeout is not None and time.time() - start > timeout:
             return snaps

@@ -44,7 +44,7 @@ def write_run(root: Path, experiment: str, run: str, *, config: dict | None = No
                      "gradient_checkpointing": False, "lora": {"rank": 8, "target_modules": ["q_proj", "v_proj"]}},
            "data": {"train": "t.jsonl", "valid": "v.jsonl", "format": "text", "max_length": 512, "packing": True},
            "training": {"batch_size": 4, "grad_accum": 1, "total_steps": 100, "eval_every": 50,
-                        "checkpoint_every": 50, "eval_batches": 10, "max_steps": 100},
+                        "checkpoint_every": 50, "eval_examples": 40, "max_steps": 100},
            "resources": {"cluster": "local", "gpus": 0, "gpu_type": None, "time": "01:00:00"},
            "hypothesis": {"statement": "s", "expected": []}, "profile": "custom"}
     if config:

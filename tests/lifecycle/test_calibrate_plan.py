@@ -32,7 +32,7 @@ def spec_for(tmp, model_dir, **over):
         "model": {"path": str(model_dir), "size": "tiny", "quantization": "none", "lora": {"rank": 4}},
         "data": {"train": "train.jsonl", "valid": "valid.jsonl", "format": "text", "max_length": 32},
         "training": {"max_steps": 12, "batch_size": 4, "grad_accum": 1, "lr": 1e-3, "eval_every": 6,
-                     "eval_batches": 2, "checkpoint_every": 6, "schedule": {"kind": "constant"},
+                     "eval_examples": 16, "checkpoint_every": 6, "schedule": {"kind": "constant"},
                      "early_stopping": {"enabled": False}},
         "resources": {"cluster": "local", "partition": "main", "window_hours": 1, "margin_hours": 0.1},
         "backend": "torch",

@@ -16,10 +16,13 @@ from specc.lifecycle.estimate import (RunFacts, estimate_run, facts_from_config,
 from specc.lifecycle.shape import device_key, shape_of_config
 from specc.plan.estimate import NOT_ESTIMATED, estimates_markdown
 from specc.plan.runs import plan_experiment
-from specc.spec.model import parse_time
+from specc.lifecycle.calibrate import _eval_limit
+from specc.spec.model import Training, parse_time
 from specc.spec.validate import load_spec
 
 LOCAL = {"resources": {"cluster": "local", "partition": "main", "time": None, "window_hours": 2, "margin_hours": 0.25}}
+# 50 evaluation batches of 4 (the spec's batch): eval_examples where the spec has it, else the older eval_batches.
+EVAL_50 = {"eval_examples": 200} if "eval_examples" in Training.model_fields else {"eval_batches": 50}
 
 
 def plan(path):
@@ -56,7 +59,7 @@ def test_counting():
 
 
 def test_calibration_is_preferred_and_predicts_the_whole_wall_time(write_spec, in_tmp, monkeypatch):
-    path = write_spec(LOCAL, drop=["resources.time"])
+    path = write_spec({**LOCAL, "training": EVAL_50}, drop=["resources.time"])
     first = plan(path).runs[0]
     key = device_key(first.config["resources"])
     assert key == "local-cpu"
@@ -105,7 +108,7 @@ def test_calibration_of_the_same_data_gives_steps_of_an_epoch_run(write_spec, in
     entry = cal_entry(cfg)
     entry["data"] = {"train": cfg["data"]["train"], "valid": cfg["data"]["valid"], "format": cfg["data"]["format"],
                      "stride": None, "batches_per_epoch": 40, "tokens_per_step": 900.0, "tokens_per_epoch": 36000,
-                     "valid_batches": 5, "eval_batches_limit": cfg["training"]["eval_batches"]}
+                     "valid_batches": 5, **_eval_limit(cfg["training"])}
     facts = facts_from_config(cfg, entry)
     assert facts.steps == 80 and facts.tokens == 80 * 900 and facts.eval_batches == 5
 
