@@ -10,7 +10,7 @@ from specc.engine import distributed as dist
 from specc.engine.faults import fault_point
 from specc.engine.metrics import MetricsLog, NullLog, Progress
 from specc.engine.policies import EarlyStopper, MemoryWatch, MovingAverage, SignalGuard, Stop, non_finite
-from specc.engine.session import Session, open_session
+from specc.engine.session import Session
 from specc.errors import EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from specc.plan.schedule import lr as lr_at
 
@@ -29,84 +29,85 @@ class RunOptions:
 
 def train(s: Session) -> dict:
     """Run optimizer steps until the schedule ends, a policy stops the run, or a signal asks us to."""
-    cfg, backend, data, state = s.cfg, s.backend, s.data, s.state
+    cfg, backend, state = s.cfg, s.backend, s.state
     accum = cfg.training.grad_accum              # micro-batches per step, over all ranks
     world = dist.world()                         # one process: rank 0 of 1, and every dist call is a no-op
     stopper = EarlyStopper(cfg.training.early_stopping)
-    stopper.restore(state.get("early_stopping", {}))
+    stopper.restore(state.early_stopping)
     loss_avg = MovingAverage(50)
-    loss_avg.restore(state.get("loss_window", []))
+    loss_avg.restore(state.loss_window)
     memory = MemoryWatch()
+    memory.restore(state.memory_watch)
     progress = Progress(s.total_steps, s.console)
-    metrics = MetricsLog(s.run_dir, resume_step=state["step"] if s.resumed else None) if world.is_main else NullLog()
+    metrics = MetricsLog(s.run_dir, resume_step=state.step if s.resumed else None) if world.is_main else NullLog()
     stop: Stop | None = None
-    start = state["history"][-1]
+    start = state.history[-1]
     if start["kind"] != "fresh":   # plots and watch mark where a run was resumed, extended or re-initialised
-        metrics.event(state["step"], {"resume": "resumed", "extend": "extended", "init_from": "init_from"}[start["kind"]],
-                      restart=state.get("restarts", 0), total_steps=s.total_steps, backend=start["backend"])
+        metrics.event(state.step, {"resume": "resumed", "extend": "extended", "init_from": "init_from"}[start["kind"]],
+                      restart=state.restarts, total_steps=s.total_steps, backend=start["backend"])
     s.write_running()
     with SignalGuard() as signals:
         try:
-            if state["step"] == 0 and state.get("best_val_loss") is None:
+            if state.step == 0 and state.best_val_loss is None:
                 evaluate(s, metrics, progress)                                   # the base model's val loss
-            while state["step"] < s.total_steps and not state.get("stopped"):   # a stopped run stays stopped
+            while state.step < s.total_steps and not state.stopped:             # a stopped run stays stopped
                 t0 = time.perf_counter()
-                lr = lr_at(s.schedule, state["step"])
+                lr = lr_at(s.schedule, state.step)
                 batches = [next(s.stream) for _ in range(accum)]
                 n_targets = sum(b.n_target_tokens for b in batches) or 1
                 loss_sum = 0
                 for i, b in enumerate(batches[world.rank::world.size]):          # this rank's share
                     if i:
-                        fault_point("micro", state["step"] + 1)                  # crash tests only
+                        fault_point("micro", state.step + 1)                  # crash tests only
                     loss_sum += backend.forward_backward(b, 1.0 / n_targets)[0]
                 # Every rank sees the step's whole loss, and whether any rank was asked to stop.
                 loss_sum, signalled = dist.all_reduce_sum([loss_sum, float(signals.received is not None)])
                 loss = loss_sum / n_targets
                 if non_finite(loss):                                             # stop before the update
                     backend.zero_grad()
-                    stop = Stop("diverged", f"loss is {loss} at step {state['step'] + 1}; the update was not applied")
+                    stop = Stop("diverged", f"loss is {loss} at step {state.step + 1}; the update was not applied")
                     break
                 result = backend.optimizer_step(lr)
                 if not result.applied:
-                    stop = Stop("diverged", f"gradient norm is {result.grad_norm} at step {state['step'] + 1}; "
+                    stop = Stop("diverged", f"gradient norm is {result.grad_norm} at step {state.step + 1}; "
                                             "the update was not applied")
                     break
-                state["step"] += 1
-                state["tokens"] += sum(b.n_tokens for b in batches)
+                state.step += 1
+                state.tokens += sum(b.n_tokens for b in batches)
                 loss_avg.add(loss)
                 step_s = time.perf_counter() - t0
-                state["train_s"] += step_s
+                state.train_s += step_s
                 progress.step_time(step_s)
                 mem = backend.memory()
-                metrics.write({"step": state["step"], "loss": loss, "lr": lr, "grad_norm": result.grad_norm,
+                metrics.write({"step": state.step, "loss": loss, "lr": lr, "grad_norm": result.grad_norm,
                                "tokens": sum(b.n_tokens for b in batches), "step_s": step_s, "mem_mb": mem.current_mb})
-                fault_point("step", state["step"])
-                warning = memory.check(state["step"], mem.current_mb)
-                if warning and not state.get("mem_warned"):
-                    state["mem_warned"] = True
+                fault_point("step", state.step)
+                warning = memory.check(state.step, mem.current_mb)
+                if warning and memory.first_warning():
                     progress.message(f"warning: {warning}")
-                progress.update(state["step"], loss, loss_avg.value, mem.current_mb,
-                                state["step"] - state["last_ckpt"] if state["last_ckpt"] else None, warning)
-                if state["step"] % cfg.training.eval_every == 0 or state["step"] == s.total_steps:
+                progress.update(state.step, loss, loss_avg.value, mem.current_mb,
+                                state.step - state.last_ckpt if state.last_ckpt else None, warning)
+                if state.step % cfg.training.eval_every == 0 or state.step == s.total_steps:
                     evaluate(s, metrics, progress)
-                stop = stopper.after_step(state["step"], loss_avg.value, result.grad_norm)
-                state["early_stopping"], state["loss_window"] = stopper.state(), loss_avg.state()
+                stop = stopper.after_step(state.step, loss_avg.value, result.grad_norm)
+                state.early_stopping, state.loss_window, state.memory_watch = \
+                    stopper.state(), loss_avg.state(), memory.state()
                 if stop:
-                    state["stopped"] = {"status": stop.status, "reason": stop.reason}
+                    state.stopped = {"status": stop.status, "reason": stop.reason}
                 # Several ranks stop together, on what they agreed on when summing the loss.
                 interrupt = signals.received if not world.active else \
                     (signals.received or "a signal to another rank") if signalled else None
-                if stop or interrupt or state["step"] % cfg.training.checkpoint_every == 0:
+                if stop or interrupt or state.step % cfg.training.checkpoint_every == 0:
                     save(s, metrics, progress)
                 if stop:
                     break
-                if interrupt and state["step"] < s.total_steps:   # on the last step: just finish
-                    stop = Stop("interrupted", f"{interrupt} received; checkpointed at step {state['step']}")
+                if interrupt and state.step < s.total_steps:   # on the last step: just finish
+                    stop = Stop("interrupted", f"{interrupt} received; checkpointed at step {state.step}")
                     break
         finally:
             progress.close()
-    if stop is None and state.get("stopped"):
-        stop = Stop(**state["stopped"])
+    if stop is None and state.stopped:
+        stop = Stop(**state.stopped)
     return finish(s, metrics, progress, stop)
 
 
@@ -124,22 +125,21 @@ def evaluate(s: Session, metrics: MetricsLog, progress: Progress) -> float | Non
     n = int(n)
     val = total / max(n, 1)
     state = s.state
-    metrics.write({"step": state["step"], "val_loss": val, "val_tokens": n,
+    metrics.write({"step": state.step, "val_loss": val, "val_tokens": n,
                    "val_examples": len(s.data.eval_examples("valid"))})
-    best = state.get("best_val_loss")
-    if best is None or val < best:
-        state["best_val_loss"], state["best_step"] = val, state["step"]
-        if state["step"] > 0 and world.is_main:
-            ckpt.write_tree_atomic(s.run_dir / "best", lambda d: (s.export(d, val_loss=val), fault_point("best", state["step"])))
-    progress.message(f"eval step {state['step']}: val_loss {val:.4f} (best {state['best_val_loss']:.4f} "
-                     f"at step {state['best_step']})")
+    if state.best_val_loss is None or val < state.best_val_loss:
+        state.best_val_loss, state.best_step = val, state.step
+        if state.step > 0 and world.is_main:
+            ckpt.write_tree_atomic(s.run_dir / "best", lambda d: (s.export(d, val_loss=val), fault_point("best", state.step)))
+    progress.message(f"eval step {state.step}: val_loss {val:.4f} (best {state.best_val_loss:.4f} "
+                     f"at step {state.best_step})")
     return val
 
 
 def save(s: Session, metrics: MetricsLog, progress: Progress) -> None:
     """Write a checkpoint (the protocol in checkpoint.py) and record how long it took."""
     t0 = time.perf_counter()
-    step = s.state["step"]
+    step = s.state.step
     # Data-parallel ranks hold identical weights: rank 0 writes once every rank has finished the step,
     # and no rank goes on (or exits) before the checkpoint is committed.
     dist.barrier()
@@ -148,11 +148,11 @@ def save(s: Session, metrics: MetricsLog, progress: Progress) -> None:
         path = ckpt.write_checkpoint(s.run_dir / "checkpoints", step, s.backend.state(), s.trainer_state(),
                                      write_extra=lambda d: (s.export(d / "adapter"), fault_point("save", step)),
                                      keep_last=s.cfg.training.keep_last,
-                                     protect={s.state["best_step"]} if s.state.get("best_step") else ())
+                                     protect={s.state.best_step} if s.state.best_step else ())
     seconds = time.perf_counter() - t0
     dist.barrier()
-    s.state["last_ckpt"] = step
-    s.state["ckpt_s"] = seconds
+    s.state.last_ckpt = step
+    s.state.ckpt_s = seconds
     if main:
         metrics.event(step, "checkpoint", path=path.name, seconds=round(seconds, 4))
 
@@ -162,12 +162,12 @@ def finish(s: Session, metrics: MetricsLog, progress: Progress, stop: Stop | Non
     state = s.state
     status, reason = (stop.status, stop.reason) if stop else ("completed", f"reached {s.total_steps} steps")
     if status in ("completed", "early_stopped"):
-        if state["last_ckpt"] != state["step"]:
+        if state.last_ckpt != state.step:
             save(s, metrics, progress)
         if dist.world().is_main:
-            ckpt.write_tree_atomic(s.run_dir / "adapter", lambda d: (s.export(d), fault_point("final", state["step"])))
+            ckpt.write_tree_atomic(s.run_dir / "adapter", lambda d: (s.export(d), fault_point("final", state.step)))
         dist.barrier()
-    metrics.event(state["step"], status, reason=reason)
+    metrics.event(state.step, status, reason=reason)
     metrics.close()
     summary = s.write_summary(status, reason)
     s.console.print(f"{status}: {reason}", markup=False)

@@ -115,6 +115,18 @@ class MemoryWatch:
     def __init__(self, growth: float = 0.5, settle_steps: int = 5):
         self.growth, self.settle_steps = growth, settle_steps
         self.baseline_mb: float | None = None
+        self.warned = False
+
+    def first_warning(self) -> bool:
+        """True the first time it is asked (then the run log has the warning once); False after."""
+        first, self.warned = not self.warned, True
+        return first
+
+    def state(self) -> dict:
+        return {"baseline_mb": self.baseline_mb, "warned": self.warned}
+
+    def restore(self, s: dict) -> None:
+        self.baseline_mb, self.warned = s.get("baseline_mb"), bool(s.get("warned", False))
 
     def check(self, step: int, current_mb: float) -> str | None:
         if step < self.settle_steps or current_mb <= 0:

@@ -7,9 +7,7 @@ fresh, from the newest valid checkpoint (exact resume), extended (strategy A) or
 from __future__ import annotations
 
 import json
-import math
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -20,17 +18,17 @@ from rich.console import Console
 from backends import load_backend
 from backends.protocol import Backend, LoraSettings, ModelSettings, OptimizerSettings
 from specc.data.batches import BatchStream
+from specc.data.sources import resolve_model_path
 from specc.engine import checkpoint as ckpt
 from specc.engine import distributed as dist
 from specc.engine.config import RunConfig
-from specc.data.sources import resolve_model_path
 from specc.engine.prepare import PreparedData, prepare_data
 from specc.engine.select import choose_backend
 from specc.engine.start import EXTEND, INIT_FROM, RESUME, decide_start
+from specc.engine.state import TrainerState
+from specc.engine.summary import write_running, write_summary
 from specc.errors import UserError
 from specc.plan.schedule import ScheduleSpec, extend
-
-STATE_VERSION = 1
 
 
 @dataclass
@@ -44,14 +42,14 @@ class Session:
     stream: BatchStream | None
     schedule: ScheduleSpec | None
     total_steps: int
-    state: dict
+    state: TrainerState
     resumed: bool
     started: float = field(default_factory=time.time)
 
     def export(self, path: Path, val_loss: float | None = None) -> None:
         """The adapter in its ecosystem's format, plus a small note of where it came from."""
         self.backend.export_adapter(path)
-        note = {"experiment": self.cfg.experiment, "run": self.cfg.run, "step": self.state["step"],
+        note = {"experiment": self.cfg.experiment, "run": self.cfg.run, "step": self.state.step,
                 "backend": self.backend.name, "base_model": self.cfg.model.path}
         if val_loss is not None:
             note["val_loss"] = val_loss
@@ -59,87 +57,15 @@ class Session:
 
     def trainer_state(self) -> dict:
         """Everything an exact resume needs besides the arrays (those come from backend.state())."""
-        return dict(self.state, data_position=self.stream.state() if self.stream else None,
+        return dict(self.state.to_json(), data_position=self.stream.state() if self.stream else None,
                     schedule=self.schedule.to_dict() if self.schedule else None, total_steps=self.total_steps,
-                    wall_s=self.state["wall_s_before"] + (time.time() - self.started))
+                    wall_s=self.state.wall_s_before + (time.time() - self.started))
 
     def write_running(self) -> None:
-        """Supersede an earlier attempt's summary.json before the first step: status "running", with the
-        pid and host that `specc watch` uses to tell a live run from a killed one."""
-        if not dist.world().is_main:
-            return
-        state = self.state
-        running = {"status": "running", "stop_reason": None, "experiment": self.cfg.experiment, "run": self.cfg.run,
-                   "kind": self.cfg.kind, "pid": os.getpid(), "host": socket.gethostname(), "started_at": self.started,
-                   "steps": state["step"], "total_steps": self.total_steps, "restarts": state.get("restarts", 0),
-                   "backend": self.backend.name, "history": state.get("history", []),
-                   "estimate": self.cfg.raw.get("estimate") or {}}
-        _write_json_atomic(self.run_dir / "summary.json", running)
+        write_running(self)
 
-    def write_summary(self, status: str, reason: str) -> dict:
-        state = self.state
-        mem = self.backend.memory()
-        peak = max(mem.peak_mb, state.get("peak_mem_mb") or 0.0)
-        window = state.get("loss_window") or []
-        summary = {
-            "status": status,
-            "stop_reason": reason,
-            "experiment": self.cfg.experiment,
-            "run": self.cfg.run,
-            "kind": self.cfg.kind,
-            "steps": state["step"],
-            "total_steps": self.total_steps,
-            "tokens": state["tokens"],
-            "wall_s": round(state["wall_s_before"] + time.time() - self.started, 3),
-            "train_s": round(state["train_s"], 3),
-            "tokens_per_s": round(state["tokens"] / state["train_s"], 3) if state["train_s"] > 0 else None,
-            "peak_mem_mb": round(peak, 1),
-            "peak_mem_source": mem.source,
-            "best_val_loss": state.get("best_val_loss"),
-            "best_step": state.get("best_step"),
-            "final_loss": sum(window) / len(window) if window else None,
-            "last_loss": window[-1] if window else None,
-            "checkpoint_s": state.get("ckpt_s"),
-            "restarts": state.get("restarts", 0),
-            "history": state.get("history", []),
-            "extended": any(h.get("kind") == "extend" for h in state.get("history", [])),
-            "backend": self.backend.name,
-            "backend_reason": self.backend_reason,
-            "device": self.backend.describe(),
-            "data": {"dataset": self.data.dataset.to_dict(),
-                     "tokenization": self.data.train_report.to_dict() if self.data.train_report else None,
-                     "packing_efficiency": self.data.train_plan.packing_efficiency(0) if self.data.train_plan else None,
-                     "steps_source": self.data.steps_source},
-            "schedule": self.schedule.to_dict() if self.schedule else None,
-            "estimate": self.cfg.raw.get("estimate") or {},
-        }
-        summary.update({k: v for k, v in state.items() if k.startswith(("val_", "test_"))})
-        if not dist.world().is_main:   # data-parallel: rank 0 writes the run's files
-            return summary
-        _write_json_atomic(self.run_dir / "summary.json", summary)
-        return summary
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_finite(obj), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _finite(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def fresh_state(cfg: RunConfig) -> dict:
-    return {"format": STATE_VERSION, "step": 0, "micro_step": 0, "tokens": 0, "train_s": 0.0, "wall_s_before": 0.0,
-            "last_ckpt": 0, "best_val_loss": None, "best_step": None, "loss_window": [], "early_stopping": {},
-            "restarts": 0, "data_seed": cfg.training.seed, "backend": None, "dataset": None, "history": []}
+    def write_summary(self, status: str, reason: str, results: dict | None = None) -> dict:
+        return write_summary(self, status, reason, results)
 
 
 def _archive_run_dir(run_dir: Path, console: Console) -> None:
@@ -202,28 +128,28 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
     )
     total = data.total_steps
     schedule = cfg.schedule if cfg.schedule is not None and cfg.schedule.total_steps == total else _schedule(cfg, total)
-    state, stream = fresh_state(cfg), None
+    state, stream = TrainerState(data_seed=cfg.training.seed), None
     if start.kind in (RESUME, EXTEND):
         source = _repaired(start.checkpoint, run_dir, console)
         arrays, saved = ckpt.load_checkpoint(source)
         backend.load_state(arrays)
-        state = {k: v for k, v in saved.items() if k not in ("data_position", "schedule", "total_steps", "wall_s", "format_version")}
-        state["wall_s_before"] = saved.get("wall_s", 0.0)
-        state["last_ckpt"] = state["step"]   # the saved value predates this very checkpoint: do not write it again
-        state["restarts"] = state.get("restarts", 0) + 1
+        state = TrainerState.from_json(saved, where=str(source / ckpt.TRAINER_STATE_FILE))
+        state.wall_s_before = saved.get("wall_s", 0.0)
+        state.last_ckpt = state.step   # the saved value predates this very checkpoint: do not write it again
+        state.restarts += 1
         schedule, total = ScheduleSpec(**saved["schedule"]), saved["total_steps"]
         if start.kind == EXTEND:
             kind = cfg.training.schedule.kind
             total = start.extend_to
-            schedule = extend(schedule, state["step"], total, decay="linear" if kind == "linear" else "cosine")
-            state.pop("stopped", None)   # extending is an explicit request to train on
-            console.print(f"extending to {total} steps: lr decays from {schedule.start_lr:.3g} at step {state['step']} "
+            schedule = extend(schedule, state.step, total, decay="linear" if kind == "linear" else "cosine")
+            state.stopped = None   # extending is an explicit request to train on
+            console.print(f"extending to {total} steps: lr decays from {schedule.start_lr:.3g} at step {state.step} "
                           f"to {schedule.min_lr:.3g} (strategy A)", markup=False)
-        if state.get("dataset") and state["dataset"] != _data_digest(data):
+        if state.dataset and state.dataset != _data_digest(data):
             console.print("warning: the training data changed since the checkpoint; the resume is not exact", markup=False)
         stream = BatchStream(data.train_plan)
         stream.restore(saved["data_position"])
-        console.print(f"resumed from {source} at step {state['step']} (restart {state['restarts']})", markup=False)
+        console.print(f"resumed from {source} at step {state.step} (restart {state.restarts})", markup=False)
     elif start.kind == INIT_FROM:
         arrays, _ = ckpt.load_checkpoint(start.init_from)
         backend.load_adapter_weights(arrays)
@@ -231,9 +157,9 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
                       markup=False)
     if stream is None and data.train_plan is not None:
         stream = BatchStream(data.train_plan)
-    state["history"] = list(state.get("history") or []) + [
-        {"kind": start.kind, "step": state["step"], "total_steps": total, "backend": name, "at": round(time.time(), 3)}]
-    state["backend"], state["dataset"] = name, _data_digest(data)
+    state.history = [*state.history, {"kind": start.kind, "step": state.step, "total_steps": total, "backend": name,
+                                      "at": round(time.time(), 3)}]
+    state.backend, state.dataset = name, _data_digest(data)
     return Session(cfg, console, run_dir, backend, reason, data, stream, schedule, total, state,
                    start.kind in (RESUME, EXTEND))
 
@@ -301,18 +227,19 @@ def _report_data(console: Console, data: PreparedData) -> None:
 
 
 def evaluate_control(s: Session) -> dict:
-    """A control run: the base model's loss on valid and test, no training."""
+    """A control run: the base model's loss on the valid and test evaluation samples, no training."""
+    results: dict = {}
     for split in ("valid", "test"):
         batches = s.data.eval_batches(split)
-        if batches:
-            total = n = 0
-            for b in batches:
-                loss_sum, count = s.backend.eval_loss(b)
-                total, n = total + loss_sum, n + count
-            prefix = "val" if split == "valid" else "test"
-            s.state[f"{prefix}_loss"] = total / max(n, 1)
-            s.state[f"{prefix}_tokens"], s.state[f"{prefix}_examples"] = n, len(s.data.eval_examples(split))
-            s.console.print(f"control {split}: loss {total / max(n, 1):.4f} over {n} target tokens of "
-                            f"{len(s.data.eval_examples(split))} examples", markup=False)
-    s.state["best_val_loss"] = s.state.get("val_loss")
-    return s.write_summary("completed", "control run: base model evaluated")
+        if not batches:
+            continue
+        total = n = 0
+        for b in batches:
+            loss_sum, count = s.backend.eval_loss(b)
+            total, n = total + loss_sum, n + count
+        prefix, examples = ("val" if split == "valid" else "test"), len(s.data.eval_examples(split))
+        results.update({f"{prefix}_loss": total / max(n, 1), f"{prefix}_tokens": n, f"{prefix}_examples": examples})
+        s.console.print(f"control {split}: loss {total / max(n, 1):.4f} over {n} target tokens of {examples} examples",
+                        markup=False)
+    s.state.best_val_loss = results.get("val_loss")
+    return s.write_summary("completed", "control run: base model evaluated", results)
