@@ -6,13 +6,12 @@ directory; `plan_spec` and `spec_problems` run the real loader and planner on it
 from __future__ import annotations
 
 import copy
-import io
 from pathlib import Path
 
 import pytest
-from ruamel.yaml import YAML
 
 from specc.errors import SpecError
+from tests.spec_texts import dump_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,15 +36,6 @@ def merged(base: dict, overrides: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def dump_yaml(data: dict) -> str:
-    yaml = YAML(typ="safe", pure=True)
-    yaml.default_flow_style = False
-    yaml.sort_base_mapping_type_on_output = False
-    buf = io.StringIO()
-    yaml.dump(data, buf)
-    return buf.getvalue()
 
 
 @pytest.fixture

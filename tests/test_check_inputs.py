@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.backends.tiny_model import make_tiny_llama
+from tests.tiny_llama import make_tiny_llama
 from tests.test_cli import specc
 
 GOOD_LINE = json.dumps({"prompt": "a ->", "completion": " A"})
 
 
 def _workspace(tmp_path: Path) -> Path:
-    make_tiny_llama(tmp_path / "model")
+    make_tiny_llama(tmp_path / "model", tokenizer="words")
     (tmp_path / "data").mkdir()
     for split in ("train", "valid"):
         (tmp_path / "data" / f"{split}.jsonl").write_text((GOOD_LINE + "\n") * 20)

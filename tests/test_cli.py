@@ -10,25 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.spec_texts import FOUR_MISTAKES
+
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = {"torch", "mlx", "transformers", "peft", "bitsandbytes", "mlx_lm"}
 
-FOUR_MISTAKES = """\
-experiment: four-mistakes
-hypothesis:
-  statement: four different mistakes, four lines
-model:
-  path: /models/base
-  quantization: int4
-data:
-  train: /data/train.jsonl
-training:
-  max_steps: 100
-  lerning_rate: 1.0e-4
-resources:
-  mem: 16GB
-trainig: {}
-"""
 
 
 def specc(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:

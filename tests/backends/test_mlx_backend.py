@@ -17,16 +17,9 @@ import mlx.core as mx  # noqa: E402
 
 from backends.protocol import Batch, LoraSettings, ModelSettings, OptimizerSettings  # noqa: E402
 from specc.errors import UserError  # noqa: E402
+from tests.tiny_llama import make_tiny_llama  # noqa: E402
 
 VOCAB = 128
-
-
-def _tiny_model_module():
-    """tests/backends/tiny_model.py, loaded by path (works with or without __init__.py files)."""
-    spec = importlib.util.spec_from_file_location("_specc_tiny_model", Path(__file__).with_name("tiny_model.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
@@ -34,15 +27,15 @@ def mlx_tiny_dir(tmp_path_factory) -> Path:
     # hidden 64 / intermediate 128: every block Linear has in_features % 64 == 0, so 4-bit group-64
     # quantization covers all of them.
     path = tmp_path_factory.mktemp("mlx_tiny") / "tiny-llama"
-    return _tiny_model_module().make_tiny_llama(path, hidden_size=64, intermediate_size=128, num_layers=2,
-                                                vocab_size=VOCAB, num_heads=4, num_kv_heads=2, seed=0)
+    return make_tiny_llama(path, tokenizer="words", hidden_size=64, intermediate_size=128, num_layers=2,
+                           vocab_size=VOCAB, num_heads=4, num_kv_heads=2, seed=0)
 
 
 @pytest.fixture(scope="session")
 def mlx_tiny_tied_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("mlx_tiny_tied") / "tiny-llama-tied"
-    return _tiny_model_module().make_tiny_llama(path, hidden_size=64, intermediate_size=128, num_layers=2,
-                                                vocab_size=VOCAB, tie_word_embeddings=True, seed=1)
+    return make_tiny_llama(path, tokenizer="words", hidden_size=64, intermediate_size=128, num_layers=2,
+                           vocab_size=VOCAB, tie_word_embeddings=True, seed=1)
 
 
 def make_backend(path, *, quantization="none", dropout=0.0, rank=4, alpha=8.0, seed=0, layers=None,
@@ -183,7 +176,7 @@ def test_lora_layout_scale_and_mapping(mlx_tiny_dir):
 
 def test_rope_parameters_are_translated(tmp_path):
     """transformers>=5 configs carry rope_parameters; mlx-lm alone would fall back to theta=10000."""
-    d = _tiny_model_module().make_tiny_llama(tmp_path / "theta", rope_theta=500000.0, num_layers=1)
+    d = make_tiny_llama(tmp_path / "theta", tokenizer="words", rope_theta=500000.0, num_layers=1)
     b = make_backend(d)
     assert b.model.model.layers[0].self_attn.rope.base == 500000.0
 

@@ -4,7 +4,6 @@ and readers for run directories. Fixtures live in conftest.py; the contract in t
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import re
@@ -30,11 +29,11 @@ THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THRE
               "TRANSFORMERS_VERBOSITY": "error", "PYTHONUNBUFFERED": "1"}
 
 
-def _tiny_model_module():
-    spec = importlib.util.spec_from_file_location("_specc_tiny_model", REPO / "tests" / "backends" / "tiny_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def make_model(path: Path) -> Path:
+    """The conformance suite's tiny Llama (tests/tiny_llama.py, word-level tokenizer, TINY's shape)."""
+    from tests.tiny_llama import make_tiny_llama
+
+    return make_tiny_llama(path, tokenizer="words", **TINY)
 
 
 # ---------------------------------------------------------------------------------------- backends

@@ -28,7 +28,6 @@ import numpy as np
 import pytest
 
 from conformance_harness import (
-    TINY,
     ForkServer,
     Reference,
     SubprocessRunner,
@@ -36,8 +35,8 @@ from conformance_harness import (
     _documents,
     _preload,
     _selected_backends,
-    _tiny_model_module,
     base_env,
+    make_model,
 )
 
 
@@ -53,7 +52,7 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama (hidden 32, 2 layers, vocab 128), numpy-only; read it, never write into it."""
-    return _tiny_model_module().make_tiny_llama(tmp_path_factory.mktemp("conformance-model") / "model", **TINY)
+    return make_model(tmp_path_factory.mktemp("conformance-model") / "model")
 
 
 @pytest.fixture(scope="session")

@@ -81,10 +81,9 @@ def assert_same_adapter(a: dict, b: dict) -> None:
 def baseline(tmp_path_factory):
     """The tiny model, the data, and the 1-process run (grad_accum 4)."""
     root = tmp_path_factory.mktemp("ddp")
-    sys.path.insert(0, str(REPO / "tests" / "backends"))
-    from tiny_model import make_tiny_llama
+    from tests.tiny_llama import make_tiny_llama
 
-    make_tiny_llama(root / "model")
+    make_tiny_llama(root / "model", tokenizer="words")
     rng = np.random.default_rng(0)
     with open(root / "train.jsonl", "w") as fh:
         for _ in range(64):

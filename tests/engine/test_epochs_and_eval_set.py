@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from tests.backends.conftest import make_tiny_llama  # noqa: E402
+from tests.tiny_llama import make_tiny_llama  # noqa: E402
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 

@@ -5,14 +5,14 @@ import json
 
 import pytest
 
-from tests.backends.tiny_model import make_tiny_llama
+from tests.tiny_llama import make_tiny_llama
 from tests.test_cli import specc
 
 pytest.importorskip("transformers")
 
 
 def test_run_all_trains_the_sweep_and_evaluates_the_control(tmp_path):
-    make_tiny_llama(tmp_path / "model")
+    make_tiny_llama(tmp_path / "model", tokenizer="words")
     line = json.dumps({"text": "w1 w2 w3 w4 w5 w6"})
     for split in ("train", "valid"):
         (tmp_path / f"{split}.jsonl").write_text((line + "\n") * 16)
@@ -45,7 +45,7 @@ sweep: {matrix: {model.lora.rank: [2, 4]}, name: "r{model.lora.rank}", control: 
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="the warning is for mlx[cpu] on Linux")
 def test_mlx_on_linux_warns_once_that_it_is_slow(tmp_path):
     pytest.importorskip("mlx_lm")
-    make_tiny_llama(tmp_path / "model")
+    make_tiny_llama(tmp_path / "model", tokenizer="words")
     (tmp_path / "train.jsonl").write_text((json.dumps({"text": "w1 w2 w3"}) + "\n") * 8)
     (tmp_path / "spec.yaml").write_text("""experiment: slow
 hypothesis: {statement: mlx on linux is slow}

@@ -8,10 +8,15 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from conftest import cal_entry, step_records, write_calibration, write_run
 from specc.lifecycle.calibrations import load_calibration
 from specc.lifecycle.report import build_report, render_markdown
 from specc.lifecycle.shape import shape_of_config
+from tests.lifecycle.run_files import (
+    cal_entry,
+    step_records,
+    write_calibration,
+    write_run,
+)
 
 
 def cli(*args):

@@ -7,8 +7,8 @@ import random
 import pytest
 from typer.testing import CliRunner
 
-from conftest import dump_yaml_spec
 from specc.lifecycle.calibrations import load_calibration
+from tests.spec_texts import dump_yaml as dump_yaml_spec
 
 
 def cli(*args):

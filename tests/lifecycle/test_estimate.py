@@ -9,16 +9,24 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, cal_entry, write_calibration, write_run
+from specc.lifecycle.calibrate import _eval_limit
 from specc.lifecycle.calibrations import load_calibration
-from specc.lifecycle.estimate import (RunFacts, estimate_run, facts_from_config, fit_window, load_priors,
-                                      n_checkpoints, n_evaluations, recommend_batch)
+from specc.lifecycle.estimate import (
+    RunFacts,
+    estimate_run,
+    facts_from_config,
+    fit_window,
+    load_priors,
+    n_checkpoints,
+    n_evaluations,
+    recommend_batch,
+)
 from specc.lifecycle.shape import device_key, shape_of_config
 from specc.plan.estimate import NOT_ESTIMATED, estimates_markdown
 from specc.plan.runs import plan_experiment
-from specc.lifecycle.calibrate import _eval_limit
 from specc.spec.model import Training, parse_time
 from specc.spec.validate import load_spec
+from tests.lifecycle.run_files import REPO, cal_entry, write_calibration, write_run
 
 LOCAL = {"resources": {"cluster": "local", "partition": "main", "time": None, "window_hours": 2, "margin_hours": 0.25}}
 # 50 evaluation batches of 4 (the spec's batch): eval_examples where the spec has it, else the older eval_batches.

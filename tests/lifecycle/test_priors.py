@@ -11,11 +11,22 @@ import time
 
 import pytest
 
-from conftest import cal_entry, step_records, write_calibration, write_run
 from specc.lifecycle.calibrations import load_calibration
-from specc.lifecycle.estimate import (RunFacts, estimate_run, load_priors, measurement_problem, recommend_batch,
-                                      was_extended)
+from specc.lifecycle.estimate import (
+    RunFacts,
+    estimate_run,
+    load_priors,
+    measurement_problem,
+    recommend_batch,
+    was_extended,
+)
 from specc.lifecycle.shape import shape_of_config
+from tests.lifecycle.run_files import (
+    cal_entry,
+    step_records,
+    write_calibration,
+    write_run,
+)
 
 FACTS = RunFacts(200, "declared", 200 * 2048.0, "test", 2048.0, True, 10)
 

@@ -6,10 +6,15 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from conftest import cal_entry, step_records, write_calibration, write_run
 from specc.lifecycle.calibrations import load_calibration
 from specc.lifecycle.report import build_report, render_markdown
 from specc.lifecycle.shape import shape_of_config
+from tests.lifecycle.run_files import (
+    cal_entry,
+    step_records,
+    write_calibration,
+    write_run,
+)
 
 EXPECTED = [{"metric": "final_loss", "comparator": "within", "target": 1.0, "tolerance": 0.05, "relative": True,
              "vs_baseline": True},

@@ -8,8 +8,8 @@ import pytest
 from ruamel.yaml import YAML
 from typer.testing import CliRunner
 
-from conftest import REPO
 from specc.lifecycle.specdiff import diff_files, render
+from tests.lifecycle.run_files import REPO
 
 
 def cli(*args):

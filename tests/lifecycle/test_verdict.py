@@ -7,8 +7,16 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from specc.lifecycle.verdict import (CONFIRMED, INCONCLUSIVE, REJECTED, compare, judge, metric_value, overall,
-                                     slack)
+from specc.lifecycle.verdict import (
+    CONFIRMED,
+    INCONCLUSIVE,
+    REJECTED,
+    compare,
+    judge,
+    metric_value,
+    overall,
+    slack,
+)
 
 FINITE = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 TOL = st.floats(min_value=0, max_value=1e3, allow_nan=False, allow_infinity=False)

@@ -8,8 +8,15 @@ import time
 
 from typer.testing import CliRunner
 
-from conftest import step_records, write_run
-from specc.lifecycle.watch import CONTINUE, EXIT_INVESTIGATE, INVESTIGATE, STOP, follow, snapshot
+from specc.lifecycle.watch import (
+    CONTINUE,
+    EXIT_INVESTIGATE,
+    INVESTIGATE,
+    STOP,
+    follow,
+    snapshot,
+)
+from tests.lifecycle.run_files import step_records, write_run
 
 
 def kinds(snap):

@@ -12,9 +12,17 @@ import time
 
 from typer.testing import CliRunner
 
-from conftest import step_records, write_run
-from specc.lifecycle.watch import (CONTINUE, DONE, EXIT_INVESTIGATE, EXIT_STOP, INVESTIGATE, describe, follow,
-                                   snapshot)
+from specc.lifecycle.watch import (
+    CONTINUE,
+    DONE,
+    EXIT_INVESTIGATE,
+    EXIT_STOP,
+    INVESTIGATE,
+    describe,
+    follow,
+    snapshot,
+)
+from tests.lifecycle.run_files import step_records, write_run
 
 
 def cli(*args):

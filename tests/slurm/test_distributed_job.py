@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_helpers import job_info, run as slurm_run, sbatch, wait_for, wait_for_job_done
+from tests.slurm.slurm_helpers import job_info, run as slurm_run, sbatch, wait_for, wait_for_job_done
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
@@ -25,10 +25,9 @@ STEPS = 200   # long enough that the signal lands mid-run even on a quiet machin
 
 
 def test_two_rank_job_is_preempted_requeued_and_finishes(slurm_cluster, tmp_path):
-    sys.path.insert(0, str(REPO / "tests" / "backends"))
-    from tiny_model import make_tiny_llama
+    from tests.tiny_llama import make_tiny_llama
 
-    make_tiny_llama(tmp_path / "model")
+    make_tiny_llama(tmp_path / "model", tokenizer="words")
     with open(tmp_path / "train.jsonl", "w") as fh:
         for i in range(64):
             words = [f"w{(i * 7 + k) % 20}" for k in range(4)]

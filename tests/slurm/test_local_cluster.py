@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_helpers import (
+from tests.slurm.slurm_helpers import (
     cancel,
     job_info,
     job_infos,

@@ -1,6 +1,6 @@
 """`specc submit`, `status` and `cancel` against the real local SLURM cluster (scripts/local-slurm).
 
-Every experiment trains a tiny random Llama (tests/backends/tiny_model.py) on a small JSONL task for a
+Every experiment trains a tiny random Llama (tests/tiny_llama.py) on a small JSONL task for a
 few steps, on one CPU. The module fixture submits all of them at once, so the cluster (2 CPUs) runs two
 jobs at a time while the tests wait on their own experiment; the preemption test interrupts its job
 three ways (SIGTERM to the batch shell, SIGUSR1 to the batch shell, `scontrol requeue`) and checks
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slurm_helpers import job_info, run as slurm_run, wait_for, wait_for_job_done
+from tests.slurm.slurm_helpers import job_info, run as slurm_run, wait_for, wait_for_job_done
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
@@ -40,12 +40,11 @@ def specc(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedPro
 
 
 def make_project(root: Path) -> dict[str, Path]:
-    sys.path.insert(0, str(REPO / "tests" / "backends"))
-    from tiny_model import make_tiny_llama
+    from tests.tiny_llama import make_tiny_llama
 
-    model = make_tiny_llama(root / "model")
+    model = make_tiny_llama(root / "model", tokenizer="words")
     # A model whose output layer overflows: the loss is not finite at the first step (a diverging test stage).
-    poisoned = make_tiny_llama(root / "poisoned")
+    poisoned = make_tiny_llama(root / "poisoned", tokenizer="words")
     from safetensors.numpy import load_file, save_file
     tensors = load_file(str(poisoned / "model.safetensors"))
     tensors["lm_head.weight"] = np.full_like(tensors["lm_head.weight"], 3e38)

@@ -8,6 +8,7 @@ import pytest
 from specc.errors import SpecError
 from specc.spec.model import Spec, format_time, parse_time
 from specc.spec.validate import did_you_mean, load_spec
+from tests.spec_texts import FOUR_MISTAKES
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "specs").glob("*.yaml"))
 
@@ -23,22 +24,6 @@ def load_problems(path):
     return info.value.issues
 
 
-FOUR_MISTAKES = """\
-experiment: four-mistakes
-hypothesis:
-  statement: four different mistakes, four lines
-model:
-  path: /models/base
-  quantization: int4
-data:
-  train: /data/train.jsonl
-training:
-  max_steps: 100
-  lerning_rate: 1.0e-4
-resources:
-  mem: 16GB
-trainig: {}
-"""
 
 
 def test_all_errors_at_once_each_with_its_line(write_spec, line_of):
