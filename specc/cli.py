@@ -1,151 +1,80 @@
-"""The `specc` command line. Heavy imports (torch, mlx, transformers) happen only inside commands that train."""
+"""The `specc` command line: the app, the command modules it registers, and the one place errors become exit codes.
+
+Every command lives in its own module under specc/commands/ and only calls the library. A command
+signals a problem by raising UserError (SpecError for spec issues); `main` prints it, with the
+pipeline stage it came from, and exits with its code. Heavy imports (torch, mlx, transformers)
+happen only inside commands that train.
+"""
 from __future__ import annotations
 
-import json
+import functools
+import importlib
 import sys
-from pathlib import Path
-from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-from specc.errors import EXIT_FAILED, EXIT_USAGE, SpecError, UserError
+from specc.console import stderr_console
+from specc.errors import EXIT_USAGE, SpecError, UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Experiment specs for LoRA/QLoRA fine-tuning: check, compile, run, submit, report.")
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+EXIT_ABORTED = 130   # Ctrl-C (or a second SIGINT during training)
 
+class _App(typer.Typer):
+    """A Typer app whose commands all end the same way: a UserError is printed by `report_error` and becomes
+    its exit code (also under typer's CliRunner, which the tests use)."""
 
-def fail(exc: UserError) -> None:
-    # Messages hold user text (paths, names): escape it, or "[...]" in it would be read as rich markup.
-    err.print(f"[bold red]error[/]: {escape(str(exc))}" if not isinstance(exc, SpecError) else str(exc),
-              markup=not isinstance(exc, SpecError), emoji=False)
-    raise typer.Exit(exc.exit_code)
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
 
+        def decorate(fn):
+            @functools.wraps(fn)
+            def handled(*a, **k):
+                try:
+                    return fn(*a, **k)
+                except UserError as exc:
+                    report_error(exc)
+                    raise typer.Exit(exc.exit_code) from None
 
-def _plan_all(specs: list[Path], counted: dict | None = None):
-    """Load and plan every spec, gathering the problems of all of them before failing."""
-    from specc.plan.runs import plan_experiment
-    from specc.spec.validate import load_spec
+            register(handled)
+            return fn
 
-    plans, issues = [], []
-    for path in specs:
-        try:
-            loaded = load_spec(path)
-            plans.append((loaded, plan_experiment(loaded, counted)))
-        except SpecError as exc:
-            issues += exc.issues
-    if issues:
-        raise SpecError(issues)
-    seen = {}
-    for loaded, plan in plans:
-        if plan.experiment in seen:
-            raise UserError(f"experiment {plan.experiment!r} is defined by both {seen[plan.experiment]} and {loaded.path}",
-                            hint="experiment names must be unique: they are directories under generated/ and runs/")
-        seen[plan.experiment] = loaded.path
-    return plans
+        return decorate
 
 
-@app.command()
-def check(specs: List[Path] = typer.Argument(..., help="spec files")):
-    """Validate specs (syntax, fields, cross-field rules, resources) and the model and data files on this machine;
-    write nothing."""
-    from specc.plan.inputs import check_inputs
+app = _App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+           help="Experiment specs for LoRA/QLoRA fine-tuning: check, compile, run, submit, report.")
 
-    try:
-        plans = _plan_all(specs)
-        reports = [(loaded, plan, check_inputs(plan, loaded)) for loaded, plan in plans]
-        problems = [issue for _, _, r in reports for issue in r.problems]
-        if problems:
-            raise SpecError(problems)
-    except UserError as exc:
-        fail(exc)
-    for loaded, plan, inputs in reports:
-        n_control = sum(r.kind == "control" for r in plan.runs)
-        extra = f" + {n_control} control" if n_control else ""
-        out.print(f"[green]ok[/] {escape(str(loaded.path))}: experiment {plan.experiment}, "
-                  f"{len(plan.runs) - n_control} run(s){extra}")
-        for w in plan.warnings:
-            out.print(f"  [yellow]warning[/]: {escape(w)}")
-        if inputs.elsewhere:
-            out.print(f"  note: not on this machine, so not checked here: {escape(', '.join(inputs.elsewhere))}")
+COMMANDS = ("check", "compile", "schema", "plan", "run", "submit", "calibrate", "report", "watch", "diff")
 
 
-@app.command()
-def compile(
-    specs: List[Path] = typer.Argument(..., help="spec files"),
-    out_dir: Path = typer.Option(Path("generated"), "--out", help="where artifacts go"),
-    check_only: bool = typer.Option(False, "--check", help="write nothing; exit 1 with a diff when generated/ is stale"),
-):
-    """Compile specs into reviewable artifacts: plan.md, config.json, schedule.csv, sbatch scripts."""
-    from specc.emit.writer import committed_step_counts, render_experiment, stale_diff, write_files
-
-    try:
-        plans = _plan_all(specs, committed_step_counts(out_dir))
-        rendered = [(loaded, plan, render_experiment(loaded, plan)) for loaded, plan in plans]
-    except UserError as exc:
-        fail(exc)
-    stale = False
-    for loaded, plan, files in rendered:
-        root = out_dir / plan.experiment
-        if check_only:
-            diff = stale_diff(root, files)
-            if diff:
-                stale = True
-                sys.stdout.write("".join(diff))
-                err.print(f"[red]stale[/]: {escape(str(root))} does not match {escape(str(loaded.path))}; "
-                          f"run `specc compile {escape(str(loaded.path))}`")
-            else:
-                out.print(f"[green]up to date[/] {escape(str(root))}")
-        else:
-            try:
-                result = write_files(root, files)
-            except OSError as exc:
-                fail(UserError(f"cannot write {root}: {exc}", hint="check that --out is a writable directory"))
-            out.print(f"[green]compiled[/] {escape(str(loaded.path))} → {escape(str(root))}/ ({len(result.written)} written, "
-                      f"{result.unchanged} unchanged, {len(result.removed)} removed; {len(plan.runs)} run(s))")
-            for w in plan.warnings:
-                out.print(f"  [yellow]warning[/]: {escape(w)}")
-    if stale:
-        raise typer.Exit(EXIT_FAILED)
+def register_commands() -> None:
+    """Import every command module; each adds its command(s) to `app`."""
+    for name in COMMANDS:
+        importlib.import_module(f"specc.commands.{name}")
 
 
-@app.command()
-def schema():
-    """Print the spec's JSON Schema (for editor completion through the YAML language server)."""
-    from specc.spec.model import Spec
-
-    s = Spec.model_json_schema()
-    s["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    s["title"] = "specc experiment spec"
-    sys.stdout.write(json.dumps(s, indent=2, sort_keys=True) + "\n")
-
-
-def _register_optional():
-    """Commands that live in their own modules register themselves here."""
-    import importlib
-    import importlib.util
-
-    for module in ("specc.commands.run", "specc.commands.submit", "specc.commands.plan", "specc.commands.calibrate",
-                   "specc.commands.report", "specc.commands.watch", "specc.commands.diff"):
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
+def report_error(exc: UserError) -> None:
+    """How every error reaches the user: the message (user text is escaped, never read as markup), its stage and hint."""
+    err = stderr_console()
+    if isinstance(exc, SpecError):
+        err.print(str(exc), markup=False, emoji=False)
+    else:
+        stage = f" ({exc.stage})" if exc.stage else ""
+        err.print(f"[bold red]error{stage}[/]: {escape(str(exc))}", emoji=False)
 
 
 def main() -> None:
-    _register_optional()
+    register_commands()
     try:
         rc = app(standalone_mode=False)
         sys.exit(rc if isinstance(rc, int) else 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        err.print("aborted")
-        sys.exit(130)
+        stderr_console().print("aborted")
+        sys.exit(EXIT_ABORTED)
     except UserError as exc:
-        err.print(f"[bold red]error[/]: {escape(str(exc))}", emoji=False)
+        report_error(exc)
         sys.exit(exc.exit_code)
     except Exception as exc:  # click usage errors and the like
         if isinstance(exc, _click_exceptions()) and hasattr(exc, "show"):

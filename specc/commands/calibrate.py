@@ -8,7 +8,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from specc.cli import _plan_all, app, fail
+from specc.cli import app
+from specc.plan.experiments import plan_specs
 from specc.console import wide_stdout
 from specc.errors import UserError
 
@@ -50,18 +51,15 @@ def calibrate(
         _from_runs(targets, runs_dir, calibrations)
         return
     if len(targets) != 1:
-        fail(UserError(f"specc calibrate takes one spec file, not {len(targets)} arguments",
-                       hint="calibrate each spec separately, or pass --from-runs to fold runs' time accuracies"))
+        raise UserError(f"specc calibrate takes one spec file, not {len(targets)} arguments",
+                       hint="calibrate each spec separately, or pass --from-runs to fold runs' time accuracies")
     spec = Path(targets[0])
     if backend not in (None, "torch", "mlx"):
-        fail(UserError(f"--backend {backend!r}: choose torch or mlx"))
-    try:
-        (loaded, p), = _plan_all([spec])
-        path, results = calibrate_plan(p, steps=steps, warmup=warmup, backend=backend, key=key,
-                                       directory=calibrations, only=run_names, min_seconds=min_seconds,
-                                       log=lambda m: out.print(_e(m)))
-    except UserError as exc:
-        fail(exc)
+        raise UserError(f"--backend {backend!r}: choose torch or mlx")
+    (loaded, p), = plan_specs([spec])
+    path, results = calibrate_plan(p, steps=steps, warmup=warmup, backend=backend, key=key,
+                                   directory=calibrations, only=run_names, min_seconds=min_seconds,
+                                   log=lambda m: out.print(_e(m)))
     t = Table(title=f"Calibration → {path}", title_justify="left")
     for c in ("run (shape)", "tokens/s", "step", "± stdev", "peak mem", "startup", "eval batch", "checkpoint", "device"):
         t.add_column(c)
@@ -86,10 +84,7 @@ def calibrate(
 def _from_runs(experiments: list[str], runs_dir: Path, calibrations: Optional[Path]) -> None:
     from specc.lifecycle.calibrate import calibrate_from_runs
 
-    try:
-        changes = calibrate_from_runs(experiments, runs_root=runs_dir, directory=calibrations)
-    except UserError as exc:
-        fail(exc)
+    changes = calibrate_from_runs(experiments, runs_root=runs_dir, directory=calibrations)
     for c in changes:
         colour = {"added": "green", "updated": "green", "unchanged": "dim", "skipped": "yellow"}[c.action]
         out.print(f"  [{colour}]{c.action}[/] {_e(c.run)}: {_e(c.detail())}")

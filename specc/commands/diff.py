@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.markup import escape
 
-from specc.cli import app, fail
+from specc.cli import app
 from specc.console import wide_stdout
 from specc.errors import UserError
 
@@ -30,19 +30,16 @@ def diff(
     """Semantic diff of specs: resolved fields changed, runs added/removed, effect on time and GPU-hours."""
     from specc.lifecycle.specdiff import changed_specs, diff_files, diff_git, render
 
-    try:
-        if git:
-            targets = list(specs or []) or changed_specs(git)
-            diffs = [diff_git(git, s) for s in targets]
-            if markdown:
-                sys.stdout.write("## specc diff against " + git + "\n\n")
-            if not diffs:
-                sys.stdout.write(f"no spec changed since {git}\n")
-        else:
-            if not specs or len(specs) != 2:
-                raise UserError("give two specs (OLD.yaml NEW.yaml), or --git REV [SPEC...]")
-            diffs = [diff_files(specs[0], specs[1])]
-    except UserError as exc:
-        fail(exc)
+    if git:
+        targets = list(specs or []) or changed_specs(git)
+        diffs = [diff_git(git, s) for s in targets]
+        if markdown:
+            sys.stdout.write("## specc diff against " + git + "\n\n")
+        if not diffs:
+            sys.stdout.write(f"no spec changed since {git}\n")
+    else:
+        if not specs or len(specs) != 2:
+            raise UserError("give two specs (OLD.yaml NEW.yaml), or --git REV [SPEC...]")
+        diffs = [diff_files(specs[0], specs[1])]
     for d in diffs:
         sys.stdout.write(render(d, markdown) + ("\n" if markdown else ""))

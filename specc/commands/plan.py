@@ -8,7 +8,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from specc.cli import _plan_all, app, fail
+from specc.cli import app
+from specc.plan.experiments import plan_specs
 from specc.console import wide_stdout
 from specc.errors import UserError
 
@@ -44,11 +45,8 @@ def plan(
 
     from specc.plan.inputs import check_inputs
 
-    try:
-        (loaded, p), = _plan_all([spec])
-        inputs = check_inputs(p, loaded) if data else None
-    except UserError as exc:
-        fail(exc)
+    (loaded, p), = plan_specs([spec])
+    inputs = check_inputs(p, loaded) if data else None
     n_control = sum(r.kind == "control" for r in p.runs)
     out.print(f"[bold]{_e(p.experiment)}[/] ({_e(spec)}): {len(p.runs) - n_control} training run(s)"
               + (f" + {n_control} control" if n_control else "") + f", profile {p.spec.profile}")
@@ -257,8 +255,8 @@ def _fail_on_broken_inputs(inputs, analyses: dict) -> None:
         out.print(f"note: not on this machine, so not checked here: {_e(', '.join(inputs.elsewhere))}")
     lines = [str(i) for i in SpecError(problems).issues] + extra
     if lines:
-        fail(UserError(f"{len(lines)} problem{'s' if len(lines) != 1 else ''} with the model and data; `specc run` "
-                       "would stop on them at start:\n" + "\n".join(lines)))
+        raise UserError(f"{len(lines)} problem{'s' if len(lines) != 1 else ''} with the model and data; `specc run` "
+                       "would stop on them at start:\n" + "\n".join(lines))
 
 
 def _short(v) -> str:

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from specc.cli import app, fail
+from specc.cli import app
 from specc.console import wide_stdout
 from specc.errors import UserError
 
@@ -42,15 +42,12 @@ def report(
     from specc.lifecycle.verdict import CONFIRMED, REJECTED
 
     if write_back:
-        fail(UserError("`specc report --write-back` was removed: reporting no longer changes calibrations/ "
+        raise UserError("`specc report --write-back` was removed: reporting no longer changes calibrations/ "
                        "(which `specc compile` reads)",
                        hint=f"fold the time accuracies into the calibration files explicitly: "
-                            f"`specc calibrate --from-runs {experiment}`"))
-    try:
-        rep = build_report(experiment, runs_root=runs_dir, baseline=baseline, plots=plots,
-                           calibrations_dir=calibrations, include_test=include_test)
-    except UserError as exc:
-        fail(exc)
+                            f"`specc calibrate --from-runs {experiment}`")
+    rep = build_report(experiment, runs_root=runs_dir, baseline=baseline, plots=plots,
+                       calibrations_dir=calibrations, include_test=include_test)
     colour = {CONFIRMED: "green", REJECTED: "red"}.get(rep.overall, "yellow")
     out.print(f"[bold]{_e(rep.experiment)}[/]: hypothesis [{colour}]{rep.overall}[/]"
               + (f" (baseline {_e(rep.baseline)})" if rep.baseline else ""))

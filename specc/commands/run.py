@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.markup import escape
 
-from specc.cli import app, err, fail
+from specc.cli import app, report_error
+from specc.console import stderr_console
+
+err = stderr_console()
 from specc.errors import EXIT_FAILED, EXIT_INTERRUPTED, UserError
 
 
@@ -33,14 +35,11 @@ def run(
     from specc.engine.loop import RunOptions
 
     if backend not in (None, "torch", "mlx"):
-        fail(UserError(f"--backend {backend!r}: choose torch or mlx"))
+        raise UserError(f"--backend {backend!r}: choose torch or mlx")
     opts = RunOptions(backend=backend, resume=resume, extend_steps=extend_steps, init_from=init_from, stage=stage)
     if all_runs:
         raise typer.Exit(_run_all(target, run_name, opts))
-    try:
-        cfg = load_run_config(target, run_name)
-    except UserError as exc:
-        fail(exc)
+    cfg = load_run_config(target, run_name)
     raise typer.Exit(_run_one(cfg, opts))
 
 
@@ -54,7 +53,7 @@ def _run_one(cfg, opts) -> int:
             session = open_session(cfg, opts, err)
         summary = evaluate_control(session) if session.cfg.kind == "control" else train(session)
     except UserError as exc:   # printed here, so that --all goes on with the next run
-        err.print(f"[bold red]error[/]: {escape(str(exc))}", emoji=False)
+        report_error(exc)
         return exc.exit_code
     except _SetupInterrupted as exc:
         err.print(f"{exc.signal_name} while loading the model and data: nothing trained since the last checkpoint, "
@@ -74,13 +73,10 @@ def _run_all(target: Path, run_name: Optional[str], opts) -> int:
     from specc.spec.validate import load_spec
 
     if run_name is not None:
-        fail(UserError("--all runs every run of the spec; drop --run (or drop --all to run one)"))
+        raise UserError("--all runs every run of the spec; drop --run (or drop --all to run one)")
     if target.suffix == ".json":
-        fail(UserError("--all needs the spec, not one run's config.json", hint=f"pass the spec that {target} was compiled from"))
-    try:
-        plan = plan_experiment(load_spec(target))
-    except UserError as exc:
-        fail(exc)
+        raise UserError("--all needs the spec, not one run's config.json", hint=f"pass the spec that {target} was compiled from")
+    plan = plan_experiment(load_spec(target))
     results: list[tuple[str, int]] = []
     for run in plan.runs:
         err.print(f"── {plan.experiment}/{run.name} ({run.kind}, {len(results) + 1} of {len(plan.runs)}) ──", markup=False)

@@ -8,7 +8,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from specc.cli import _plan_all, app, err, fail, out
+from specc.cli import app
+from specc.console import stderr_console, stdout_console
+from specc.plan.experiments import plan_specs
+
+out, err = stdout_console(), stderr_console()
 from specc.errors import EXIT_FAILED, UserError
 
 
@@ -37,38 +41,35 @@ def submit(
         submit_jobs,
     )
 
-    try:
-        [(loaded, plan)] = _plan_all([spec])
-        result = write_files(out_dir / plan.experiment, render_experiment(loaded, plan))
-        out.print(f"[green]compiled[/] {escape(str(spec))} → {escape(str(out_dir / plan.experiment))}/ "
-                  f"({len(result.written)} written, {result.unchanged} unchanged)")
-        for w in plan.warnings:
-            out.print(f"  [yellow]warning[/]: {escape(w)}")
-        have_sinfo = client.available()
-        planned = plan_jobs(plan, out_dir, run_name, sinfo=client.sinfo_nodes if have_sinfo else None)
+    [(loaded, plan)] = plan_specs([spec])
+    result = write_files(out_dir / plan.experiment, render_experiment(loaded, plan))
+    out.print(f"[green]compiled[/] {escape(str(spec))} → {escape(str(out_dir / plan.experiment))}/ "
+              f"({len(result.written)} written, {result.unchanged} unchanged)")
+    for w in plan.warnings:
+        out.print(f"  [yellow]warning[/]: {escape(w)}")
+    have_sinfo = client.available()
+    planned = plan_jobs(plan, out_dir, run_name, sinfo=client.sinfo_nodes if have_sinfo else None)
+    for job in planned:
+        d = job.decision
+        if d.chosen is None:
+            raise UserError(f"{job.label}: {d.why}", hint="change resources (or the choices) in the spec")
+        out.print(f"[bold]{job.label}[/] → {escape(d.chosen.label)}: {escape(d.why)}")
+    env = job_env()
+    if dry_run:
+        out.print("[yellow]dry run[/]: nothing submitted; the commands would be:")
         for job in planned:
-            d = job.decision
-            if d.chosen is None:
-                raise UserError(f"{job.label}: {d.why}", hint="change resources (or the choices) in the spec")
-            out.print(f"[bold]{job.label}[/] → {escape(d.chosen.label)}: {escape(d.why)}")
-        env = job_env()
-        if dry_run:
-            out.print("[yellow]dry run[/]: nothing submitted; the commands would be:")
-            for job in planned:
-                out.print("  " + escape(command_line(job, env)))
-            return
-        if not have_sinfo:
-            raise UserError("sbatch not found: SLURM's client commands are not installed here",
-                            hint="run this on the cluster's login node, or use --dry-run to see the commands")
-        busy = active_jobs(load_jobs(plan.experiment), sorted({r.name for job in planned for r in job.runs}))
-        if busy:
-            listing = ", ".join(f"{run} {rec.stage} job {rec.job_id} {state}" for run, rec, state in busy)
-            raise UserError(f"already submitted and not finished: {listing}",
-                            hint=f"wait, or `specc cancel {plan.experiment}` first (runs resume from their checkpoints)")
-        submit_jobs(plan, planned, env, say=lambda m: out.print(f"[green]{escape(m)}[/]"))
-        out.print(f"jobs recorded in runs/{plan.experiment}/jobs.json; follow them with `specc status {plan.experiment}`")
-    except UserError as exc:
-        fail(exc)
+            out.print("  " + escape(command_line(job, env)))
+        return
+    if not have_sinfo:
+        raise UserError("sbatch not found: SLURM's client commands are not installed here",
+                        hint="run this on the cluster's login node, or use --dry-run to see the commands")
+    busy = active_jobs(load_jobs(plan.experiment), sorted({r.name for job in planned for r in job.runs}))
+    if busy:
+        listing = ", ".join(f"{run} {rec.stage} job {rec.job_id} {state}" for run, rec, state in busy)
+        raise UserError(f"already submitted and not finished: {listing}",
+                        hint=f"wait, or `specc cancel {plan.experiment}` first (runs resume from their checkpoints)")
+    submit_jobs(plan, planned, env, say=lambda m: out.print(f"[green]{escape(m)}[/]"))
+    out.print(f"jobs recorded in runs/{plan.experiment}/jobs.json; follow them with `specc status {plan.experiment}`")
 
 
 @app.command()
@@ -83,26 +84,23 @@ def status(
 
     # In a log or a pipe rich would wrap the table at 80 columns; keep one row per line there.
     console = out if out.is_terminal else Console(width=max(out.width, 300), highlight=False)
-    try:
-        names = [experiment] if experiment else known_experiments()
-        if not names:
-            out.print("no submitted experiments (runs/*/jobs.json); submit one with `specc submit SPEC`")
-            return
-        for name in names:
-            if not Path("runs", name, "jobs.json").is_file():
-                raise UserError(f"no jobs recorded for experiment {name!r} (runs/{name}/jobs.json)",
-                                hint="submit it with `specc submit SPEC`")
-            table = Table(title=f"{name}", title_justify="left")
-            for col in ("run", "stage", "job", "partition", "state", "step", "loss", "eta", "restarts", "note"):
-                table.add_column(col, overflow="fold", no_wrap=col != "note")
-            for r in rows(name):
-                step = "—" if r.step is None else (f"{r.step}/{r.total}" if r.total else str(r.step))
-                loss = "—" if r.loss is None else f"{r.loss:.4f}"
-                table.add_row(r.run, r.stage, r.job_id, r.partition, r.state, step, loss, eta_text(r.eta_s),
-                              "—" if r.restarts is None else str(r.restarts), escape(r.note))
-            console.print(table)
-    except UserError as exc:
-        fail(exc)
+    names = [experiment] if experiment else known_experiments()
+    if not names:
+        out.print("no submitted experiments (runs/*/jobs.json); submit one with `specc submit SPEC`")
+        return
+    for name in names:
+        if not Path("runs", name, "jobs.json").is_file():
+            raise UserError(f"no jobs recorded for experiment {name!r} (runs/{name}/jobs.json)",
+                            hint="submit it with `specc submit SPEC`")
+        table = Table(title=f"{name}", title_justify="left")
+        for col in ("run", "stage", "job", "partition", "state", "step", "loss", "eta", "restarts", "note"):
+            table.add_column(col, overflow="fold", no_wrap=col != "note")
+        for r in rows(name):
+            step = "—" if r.step is None else (f"{r.step}/{r.total}" if r.total else str(r.step))
+            loss = "—" if r.loss is None else f"{r.loss:.4f}"
+            table.add_row(r.run, r.stage, r.job_id, r.partition, r.state, step, loss, eta_text(r.eta_s),
+                          "—" if r.restarts is None else str(r.restarts), escape(r.note))
+        console.print(table)
 
 
 @app.command()
@@ -114,15 +112,12 @@ def cancel(
     from specc.slurm.status import cancel as cancel_jobs
 
     experiment, _, run = target.partition("/")
-    try:
-        jobs = load_jobs(experiment)
-        if not jobs.runs:
-            raise UserError(f"no jobs recorded for experiment {experiment!r} (runs/{experiment}/jobs.json)")
-        if run and run not in jobs.runs:
-            raise UserError(f"experiment {experiment} has no recorded run {run!r}", hint="runs: " + ", ".join(jobs.runs))
-        ids = cancel_jobs(experiment, run or None)
-    except UserError as exc:
-        fail(exc)
+    jobs = load_jobs(experiment)
+    if not jobs.runs:
+        raise UserError(f"no jobs recorded for experiment {experiment!r} (runs/{experiment}/jobs.json)")
+    if run and run not in jobs.runs:
+        raise UserError(f"experiment {experiment} has no recorded run {run!r}", hint="runs: " + ", ".join(jobs.runs))
+    ids = cancel_jobs(experiment, run or None)
     out.print(f"cancelled {', '.join(ids)}" if ids else "nothing to cancel: every recorded job has finished")
 
 
@@ -138,10 +133,7 @@ def gate(
     from specc.engine.config import load_run_config
     from specc.slurm.gate import check_test_stage, write_verdict
 
-    try:
-        cfg = load_run_config(config, None)
-    except UserError as exc:
-        fail(exc)
+    cfg = load_run_config(config, None)
     if cfg.test_max_steps is None:
         out.print(f"specc gate: {cfg.experiment}/{cfg.run} has no test stage; nothing to check")
         return

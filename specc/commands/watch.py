@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from specc.cli import app, fail
+from specc.cli import app
 from specc.console import wide_stdout
 from specc.errors import UserError
 
@@ -46,10 +46,7 @@ def watch(
 ):
     from specc.lifecycle.watch import describe, exit_code, follow, run_dirs, snapshot
 
-    try:
-        path = _watch_target(target, runs_dir)
-    except UserError as exc:
-        fail(exc)
+    path = _watch_target(target, runs_dir)
     if once:
         snaps = [snapshot(d) for d in run_dirs(path)]
         if not snaps:

@@ -11,6 +11,7 @@ from pathlib import Path
 import jinja2
 
 from specc.emit.sbatch import job_flags, q, render_flags, safe
+from specc.errors import staged
 from specc.plan.baseline import Baseline, resolve_baseline
 from specc.plan.runs import ExperimentPlan, RunPlan
 from specc.plan.schedule import schedule_csv
@@ -209,6 +210,7 @@ def plan_markdown(loaded: LoadedSpec, plan: ExperimentPlan, source: str, baselin
     )
 
 
+@staged("emit")
 def render_experiment(loaded: LoadedSpec, plan: ExperimentPlan) -> dict[str, str]:
     """Every artifact of one experiment: {path relative to generated/<experiment>/: content}."""
     from specc.plan.estimate import estimates_markdown
@@ -273,6 +275,7 @@ def stale_diff(root: Path, files: dict[str, str]) -> list[str]:
     return out
 
 
+@staged("emit")
 def write_files(root: Path, files: dict[str, str]) -> WriteResult:
     """Write changed files atomically and remove files the spec no longer produces."""
     written, unchanged, removed = [], 0, []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from specc.errors import UserError
+from specc.errors import UserError, staged
 from specc.plan.schedule import ScheduleSpec
 from specc.spec.model import Continuation, Data, Model, Training
 
@@ -71,6 +71,7 @@ def from_dict(raw: dict, source: str) -> RunConfig:
                         hint="regenerate it with `specc compile SPEC`, or run the spec itself: `specc run SPEC`") from None
 
 
+@staged("run")
 def load_run_config(target: Path, run: str | None) -> RunConfig:
     """`specc run` accepts a compiled config.json or a spec (then --run picks one of its runs)."""
     if not target.exists():

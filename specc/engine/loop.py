@@ -9,9 +9,16 @@ from specc.engine import checkpoint as ckpt
 from specc.engine import distributed as dist
 from specc.engine.faults import fault_point
 from specc.engine.metrics import MetricsLog, NullLog, Progress
-from specc.engine.policies import EarlyStopper, MemoryWatch, MovingAverage, SignalGuard, Stop, non_finite
+from specc.engine.policies import (
+    EarlyStopper,
+    MemoryWatch,
+    MovingAverage,
+    SignalGuard,
+    Stop,
+    non_finite,
+)
 from specc.engine.session import Session
-from specc.errors import EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from specc.errors import EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, staged
 from specc.plan.schedule import lr as lr_at
 
 EXIT_CODES = {"completed": EXIT_OK, "early_stopped": EXIT_OK, "diverged": EXIT_DIVERGED,
@@ -27,6 +34,7 @@ class RunOptions:
     stage: str | None = None            # "test": the short gating run
 
 
+@staged("run")
 def train(s: Session) -> dict:
     """Run optimizer steps until the schedule ends, a policy stops the run, or a signal asks us to."""
     cfg, backend, state = s.cfg, s.backend, s.state

@@ -27,7 +27,7 @@ from specc.engine.select import choose_backend
 from specc.engine.start import EXTEND, INIT_FROM, RESUME, decide_start
 from specc.engine.state import TrainerState
 from specc.engine.summary import write_running, write_summary
-from specc.errors import UserError
+from specc.errors import UserError, staged
 from specc.plan.schedule import ScheduleSpec, extend
 
 
@@ -78,6 +78,7 @@ def _archive_run_dir(run_dir: Path, console: Console) -> None:
     console.print(f"--resume never: the earlier run was moved to {target} (nothing deleted)", markup=False)
 
 
+@staged("run")
 def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None = None) -> Session:
     """Everything up to the first step. Problems raise UserError before any training happens, and every
     argument is checked (decide_start) before the run directory is touched.
@@ -226,6 +227,7 @@ def _report_data(console: Console, data: PreparedData) -> None:
             console.print(f"warning: {w}", markup=False)
 
 
+@staged("run")
 def evaluate_control(s: Session) -> dict:
     """A control run: the base model's loss on the valid and test evaluation samples, no training."""
     results: dict = {}

@@ -121,7 +121,7 @@ def distinct_shapes(plan) -> list:
 def measure_import_s(backend: str) -> float:
     """Seconds a fresh `specc run` spends starting Python and importing its libraries."""
     code = IMPORTS.get(backend)
-    cmd = [sys.executable, "-c", "import specc.cli; specc.cli._register_optional()" + (f"; {code}" if code else "")]
+    cmd = [sys.executable, "-c", "import specc.cli; specc.cli.register_commands()" + (f"; {code}" if code else "")]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     elapsed = time.perf_counter() - t0

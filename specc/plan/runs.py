@@ -19,7 +19,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from specc import __version__
 from specc.data.batches import epoch_steps
 from specc.data.steps import CountInputs
-from specc.errors import SpecError, SpecIssue, UserError
+from specc.errors import SpecError, SpecIssue, UserError, staged
 from specc.plan.resources import ResolvedResources, resolve_resources
 from specc.plan.schedule import ScheduleSpec
 from specc.spec.catalog import load_catalog
@@ -177,12 +177,12 @@ def _tokenized_count(spec: Spec, spec_dir: Path, inputs: CountInputs) -> tuple[i
     return count_epoch_steps(inputs, model_dir or resolve_model_path(model), train_path or resolve_data(train, "train"))
 
 
+@staged("plan")
 def plan_experiment(loaded: LoadedSpec, counted: dict[str, tuple[int, str]] | None = None) -> ExperimentPlan:
     """Expand and resolve every run of a spec, or raise SpecError with every problem.
 
     `counted`: step counts an earlier compile made from tokenized data, by CountInputs key (see count_steps)."""
     spec, located = loaded.spec, loaded.located
-    spec_dir = loaded.path.parent
     issues: list[SpecIssue] = []
     warnings: list[str] = []
     try:
@@ -266,7 +266,9 @@ def plan_experiment(loaded: LoadedSpec, counted: dict[str, tuple[int, str]] | No
             warnings.append(f"run {run.name}: checkpoint_every ({run.spec.training.checkpoint_every}) exceeds the run's "
                             f"{run.steps.steps} steps: only the final checkpoint is written")
             break
-    from specc.plan.estimate import apply_estimates   # calibrations/ + declared figures: committed inputs only
+    from specc.plan.estimate import (
+        apply_estimates,  # calibrations/ + declared figures: committed inputs only
+    )
 
     return apply_estimates(ExperimentPlan(loaded.path, spec.experiment, spec, tuple(runs), catalog_source, tuple(warnings)))
 

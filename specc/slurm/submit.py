@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from specc.emit.sbatch import parse_sbatch_lines
-from specc.errors import UserError
+from specc.errors import UserError, staged
 from specc.plan.runs import ExperimentPlan, RunPlan
 from specc.slurm import client
 from specc.slurm.choose import Decision, choose
@@ -76,6 +76,7 @@ def _lead_run(runs: list[RunPlan], stage: str) -> RunPlan:
     return max(runs, key=lambda r: parse_time((r.test_resources if stage == "test" else r.resources).time))
 
 
+@staged("submit")
 def plan_jobs(plan: ExperimentPlan, out_dir: Path, run_name: str | None, *, sinfo) -> list[PlannedJob]:
     """The jobs to submit, in submission order (a test job before the full job that depends on it)."""
     catalog, _ = load_catalog(plan.spec_path, plan.spec.resources.catalog)
@@ -157,6 +158,7 @@ def log_path(pattern: str, job_id: str, name: str, index: int | None = None) -> 
     return out.replace("%j", job_id)
 
 
+@staged("submit")
 def submit_jobs(plan: ExperimentPlan, planned: list[PlannedJob], env: dict[str, str], say) -> Jobs:
     """Submit in order, recording every job in runs/<exp>/jobs.json as soon as SLURM accepted it."""
     jobs = load_jobs(plan.experiment)

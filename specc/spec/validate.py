@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from specc.errors import SpecError, SpecIssue
+from specc.errors import SpecError, SpecIssue, staged
 from specc.spec.loader import Located, load_yaml
 from specc.spec.model import Spec
 
@@ -86,6 +86,7 @@ def pydantic_issues(exc: ValidationError, located: Located, model: type[BaseMode
     return issues
 
 
+@staged("spec")
 def load_spec(path: Path) -> LoadedSpec:
     """Read and validate one spec file; raise SpecError with every problem found."""
     located = load_yaml(path)

@@ -12,9 +12,9 @@ from tests.spec_texts import dump_yaml as dump_yaml_spec
 
 
 def cli(*args):
-    from specc.cli import _register_optional, app
+    from specc.cli import register_commands, app
 
-    _register_optional()
+    register_commands()
     return CliRunner().invoke(app, list(args))
 
 

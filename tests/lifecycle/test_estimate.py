@@ -161,7 +161,7 @@ def test_compile_is_deterministic_and_imports_no_ml_library(write_spec, in_tmp):
     path = write_spec(LOCAL, drop=["resources.time"])
     cfg = plan(path).runs[0].config
     write_calibration(in_tmp / "calibrations", "local-cpu", {shape_of_config(cfg).key: cal_entry(cfg)})
-    code = ("import sys; from specc.cli import app, _register_optional; _register_optional()\n"
+    code = ("import sys; from specc.cli import app, register_commands; register_commands()\n"
             "try:\n    app(['compile', sys.argv[1], '--out', sys.argv[2]], standalone_mode=False)\n"
             "except SystemExit:\n    pass\n"
             "print(sorted(m for m in ('torch', 'transformers', 'mlx', 'matplotlib') if m in sys.modules))")

@@ -24,9 +24,9 @@ EXPECTED = [{"metric": "final_loss", "comparator": "within", "target": 1.0, "tol
 
 
 def cli(*args):
-    from specc.cli import _register_optional, app
+    from specc.cli import register_commands, app
 
-    _register_optional()
+    register_commands()
     return CliRunner().invoke(app, list(args))
 
 

@@ -13,9 +13,9 @@ from tests.lifecycle.run_files import REPO
 
 
 def cli(*args):
-    from specc.cli import _register_optional, app
+    from specc.cli import register_commands, app
 
-    _register_optional()
+    register_commands()
     return CliRunner().invoke(app, list(args))
 
 

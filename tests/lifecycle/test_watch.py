@@ -100,9 +100,9 @@ def test_follow_exits_when_the_summary_appears(in_tmp):
 
 
 def _cli(*args):
-    from specc.cli import _register_optional, app
+    from specc.cli import register_commands, app
 
-    _register_optional()
+    register_commands()
     return CliRunner().invoke(app, list(args))
 
 
