@@ -40,7 +40,7 @@ def plan(
         recommend_batch,
     )
     from specc.lifecycle.shape import device_key
-    from specc.spec.catalog import load_catalog
+    from specc.spec.clusters import load_catalog
     from specc.spec.model import parse_time
 
     from specc.plan.inputs import check_inputs

@@ -9,15 +9,9 @@ from specc.engine import checkpoint as ckpt
 from specc.engine import distributed as dist
 from specc.engine.faults import fault_point
 from specc.engine.metrics import MetricsLog, NullLog, Progress
-from specc.engine.policies import (
-    EarlyStopper,
-    MemoryWatch,
-    MovingAverage,
-    SignalGuard,
-    Stop,
-    non_finite,
-)
+from specc.engine.policies import EarlyStopper, MemoryWatch, MovingAverage, Stop, non_finite
 from specc.engine.session import Session
+from specc.engine.signals import SignalGuard
 from specc.errors import EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, staged
 from specc.plan.schedule import lr as lr_at
 

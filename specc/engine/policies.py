@@ -6,7 +6,6 @@ would have made.
 from __future__ import annotations
 
 import math
-import signal
 from collections import deque
 from dataclasses import dataclass
 
@@ -80,33 +79,6 @@ class EarlyStopper:
 
 def non_finite(loss_sum: float) -> bool:
     return not math.isfinite(loss_sum)
-
-
-class SignalGuard:
-    """SIGTERM/SIGUSR1 (and SIGINT interactively) ask for a checkpoint at the next step boundary."""
-
-    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
-
-    def __init__(self):
-        self.received: str | None = None
-        self._previous: dict = {}
-
-    def __enter__(self):
-        for name in self.SIGNALS:
-            sig = getattr(signal, name, None)
-            if sig is not None:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.received == "SIGINT" and signum == signal.SIGINT:
-            raise KeyboardInterrupt   # a second Ctrl-C means: stop now
-        self.received = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
 
 
 class MemoryWatch:

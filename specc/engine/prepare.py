@@ -9,8 +9,8 @@ from pathlib import Path
 
 from specc.data.batches import BatchPlan, eval_batches, eval_example_indices
 from specc.data.jsonl import DatasetReport, load_dataset
-from specc.data.tokenize import TokenizationReport, pad_token_id, tokenize_split
 from specc.data.sources import load_tokenizer, resolve_data
+from specc.data.tokenize import TokenizationReport, pad_token_id, tokenize_split
 from specc.engine.config import RunConfig
 
 SPLITS = ("train", "valid", "test")

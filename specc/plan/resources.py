@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass, fields
 
 from specc.errors import SpecIssue
-from specc.spec.catalog import Catalog, Cluster
+from specc.spec.clusters import Catalog, Cluster
 from specc.spec.loader import Located
 from specc.spec.model import Spec, format_time, parse_time
 

@@ -22,7 +22,7 @@ from specc.data.steps import CountInputs
 from specc.errors import SpecError, SpecIssue, UserError, staged
 from specc.plan.resources import ResolvedResources, resolve_resources
 from specc.plan.schedule import ScheduleSpec
-from specc.spec.catalog import load_catalog
+from specc.spec.clusters import load_catalog
 from specc.spec.model import SLUG, Spec
 from specc.spec.profiles import FALLBACK, PROFILES
 from specc.spec.validate import LoadedSpec, _fields_at, _model_of, pydantic_issues

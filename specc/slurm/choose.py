@@ -21,7 +21,7 @@ from typing import Callable
 
 from specc.plan.resources import ResolvedResources, mem_gb
 from specc.plan.runs import RunPlan
-from specc.spec.catalog import Catalog, Cluster
+from specc.spec.clusters import Catalog, Cluster
 from specc.spec.model import parse_time
 
 # Node states (sinfo %t, compact) in which a node takes new jobs.

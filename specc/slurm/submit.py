@@ -21,7 +21,7 @@ from specc.plan.runs import ExperimentPlan, RunPlan
 from specc.slurm import client
 from specc.slurm.choose import Decision, choose
 from specc.slurm.state import JobRecord, Jobs, load_jobs, now, save_jobs
-from specc.spec.catalog import load_catalog
+from specc.spec.clusters import load_catalog
 
 
 @dataclass

@@ -56,7 +56,7 @@ def plan_with(write_spec, plan_spec, tmp_path):
         if test is not False:
             overrides["stages"] = {"test": {"max_steps": 5, "time": "00:15:00", **(test or {})}}
         plan = plan_spec(write_spec(overrides))
-        from specc.spec.catalog import load_catalog
+        from specc.spec.clusters import load_catalog
         return plan, plan.runs[0], load_catalog(plan.spec_path, None)[0]
 
     return make
@@ -206,7 +206,7 @@ def test_qos_follows_the_time_limit(write_spec, plan_spec, tmp_path):
             qos: {short: {max_time: "1-00:00:00"}, long: {max_time: "3-00:00:00"}}
     """))
     plan = plan_spec(write_spec({"resources": {"cluster": "q", "partition": "p", "cpus": 2, "mem": "4G", "time": "1-12:00:00"}}))
-    from specc.spec.catalog import load_catalog
+    from specc.spec.clusters import load_catalog
     d = choose(plan.runs[0], None, load_catalog(plan.spec_path, None)[0],
                sinfo=sinfo_from({"p": ["n1|p|up|idle|0/8/0/8|65536|0|(null)|(null)|3-00:00:00"]}), here="q")
     assert d.chosen.qos == "long" and d.chosen.label == "q/p (QoS long)"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from specc.spec.catalog import builtin_catalog, load_catalog
+from specc.spec.clusters import builtin_catalog, load_catalog
 from specc.spec.model import parse_time
 
 CUSTOM = """\

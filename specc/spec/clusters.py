@@ -77,7 +77,7 @@ def _parse(located) -> Catalog:
 
 @lru_cache(maxsize=None)
 def builtin_catalog() -> Catalog:
-    text = resources.files("specc.catalog").joinpath("clusters.yaml").read_text(encoding="utf-8")
+    text = resources.files("specc.spec").joinpath("clusters.yaml").read_text(encoding="utf-8")
     return _parse(load_yaml_text(text, "<builtin clusters.yaml>"))
 
 
