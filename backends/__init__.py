@@ -38,6 +38,23 @@ def registry() -> dict[str, BackendInfo]:
     return found
 
 
+def names() -> list[str]:
+    """Every backend a spec or --backend may name: the built-ins and the registered plugins (nothing imported)."""
+    return sorted(registry())
+
+
+def unknown_backend(name: str) -> str | None:
+    """None for "auto" or a registered backend, else a message with a did-you-mean."""
+    import difflib
+
+    known = names()
+    if name == "auto" or name in known:
+        return None
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    return (f"unknown backend {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+            + f" (registered: auto, {', '.join(known)}; plugins register in the specc.backends entry-point group)")
+
+
 def missing_modules(info: BackendInfo) -> list[str]:
     return [m for m in info.modules if importlib.util.find_spec(m) is None]
 
@@ -53,7 +70,7 @@ def load_backend(name: str) -> Backend:
 
     reg = registry()
     if name not in reg:
-        raise UserError(f"unknown backend {name!r}", hint=f"choose one of: {', '.join(sorted(reg))}")
+        raise UserError(unknown_backend(name) or f"unknown backend {name!r}")
     info = reg[name]
     missing = missing_modules(info)
     if missing:

@@ -8,10 +8,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from backends import unknown_backend
 from specc.cli import app
-from specc.plan.experiments import plan_specs
 from specc.console import wide_stdout
 from specc.errors import UserError
+from specc.plan.experiments import plan_specs
 
 out = wide_stdout()
 
@@ -35,7 +36,7 @@ def calibrate(
     min_seconds: float = typer.Option(10.0, "--min-seconds", min=0,
                                       help="measure quick steps for at least this long (more steps, up to 1000)"),
     warmup: int = typer.Option(3, "--warmup", min=0, help="first steps left out of the throughput"),
-    backend: Optional[str] = typer.Option(None, "--backend", help="torch | mlx (overrides the spec)"),
+    backend: Optional[str] = typer.Option(None, "--backend", help="torch, mlx or a registered plugin (overrides the spec)"),
     key: Optional[str] = typer.Option(None, "--key", help="store under calibrations/KEY.json instead of the spec's device key"),
     calibrations: Optional[Path] = typer.Option(None, "--calibrations", help=CAL_HELP),
 ):
@@ -54,8 +55,8 @@ def calibrate(
         raise UserError(f"specc calibrate takes one spec file, not {len(targets)} arguments",
                        hint="calibrate each spec separately, or pass --from-runs to fold runs' time accuracies")
     spec = Path(targets[0])
-    if backend not in (None, "torch", "mlx"):
-        raise UserError(f"--backend {backend!r}: choose torch or mlx")
+    if backend is not None and unknown_backend(backend):
+        raise UserError(f"--backend: {unknown_backend(backend)}")
     (loaded, p), = plan_specs([spec])
     path, results = calibrate_plan(p, steps=steps, warmup=warmup, backend=backend, key=key,
                                    directory=calibrations, only=run_names, min_seconds=min_seconds,

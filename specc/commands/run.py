@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from backends import unknown_backend
 from specc.cli import app, report_error
 from specc.console import stderr_console
 
@@ -19,7 +20,7 @@ from specc.errors import EXIT_FAILED, EXIT_INTERRUPTED, UserError
 def run(
     target: Path = typer.Argument(..., help="a spec (specs/x.yaml) or a compiled generated/<exp>/<run>/config.json"),
     run_name: Optional[str] = typer.Option(None, "--run", help="which run of a sweep spec"),
-    backend: Optional[str] = typer.Option(None, "--backend", help="torch | mlx (overrides the spec)"),
+    backend: Optional[str] = typer.Option(None, "--backend", help="torch, mlx or a registered plugin (overrides the spec)"),
     resume: str = typer.Option("auto", "--resume", help="auto (newest valid checkpoint) | never | PATH"),
     extend_steps: Optional[int] = typer.Option(None, "--extend-steps", min=1,
                                                help="resume and extend to N total steps, decaying to the minimum lr (strategy A)"),
@@ -34,8 +35,8 @@ def run(
     from specc.engine.config import load_run_config
     from specc.engine.loop import RunOptions
 
-    if backend not in (None, "torch", "mlx"):
-        raise UserError(f"--backend {backend!r}: choose torch or mlx")
+    if backend is not None and unknown_backend(backend):
+        raise UserError(f"--backend: {unknown_backend(backend)}")
     opts = RunOptions(backend=backend, resume=resume, extend_steps=extend_steps, init_from=init_from, stage=stage)
     if all_runs:
         raise typer.Exit(_run_all(target, run_name, opts))

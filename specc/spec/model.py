@@ -256,7 +256,18 @@ class Spec(Strict):
     resources: Resources = Field(default_factory=Resources)
     stages: Stages = Field(default_factory=Stages)
     sweep: Sweep | None = None
-    backend: Literal["auto", "torch", "mlx"] = "auto"
+    backend: str = Field("auto", description="auto, torch, mlx, or a backend registered in the specc.backends "
+                                             "entry-point group")
+
+    @field_validator("backend")
+    @classmethod
+    def _registered_backend(cls, v: str) -> str:
+        from backends import unknown_backend
+
+        problem = unknown_backend(v)
+        if problem:
+            raise ValueError(problem)
+        return v
     continuation: Continuation | None = None
 
     @field_validator("experiment")
