@@ -319,7 +319,7 @@ def write_files(root: Path, files: dict[str, str]) -> WriteResult:
 
 def committed_step_counts(out_dir: Path) -> dict[str, tuple[int, str]]:
     """Step counts earlier compiles made from tokenized data (config.json total_steps_key), so a machine
-    without the data compiles the same numbers (see specc.plan.runs.count_steps)."""
+    without the data compiles the same numbers (see specc.plan.steps.count_steps)."""
     found: dict[str, tuple[int, str]] = {}
     for path in sorted(Path(out_dir).glob("*/*/config.json")):
         try:

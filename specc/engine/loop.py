@@ -106,11 +106,17 @@ def train(s: Session) -> dict:
                 if interrupt and state.step < s.total_steps:   # on the last step: just finish
                     stop = Stop("interrupted", f"{interrupt} received; checkpointed at step {state.step}")
                     break
+        except BaseException:
+            s.close()          # a failed run frees its directory too
+            raise
         finally:
             progress.close()
     if stop is None and state.stopped:
         stop = Stop(**state.stopped)
-    return finish(s, metrics, progress, stop)
+    try:
+        return finish(s, metrics, progress, stop)
+    finally:
+        s.close()
 
 
 def evaluate(s: Session, metrics: MetricsLog, progress: Progress) -> float | None:

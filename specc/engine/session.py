@@ -20,6 +20,7 @@ from backends.protocol import Backend, LoraSettings, ModelSettings, OptimizerSet
 from specc.data.batches import BatchStream
 from specc.data.sources import resolve_model_path
 from specc.engine import checkpoint as ckpt
+from specc.engine.atomic import RunLock
 from specc.engine import distributed as dist
 from specc.engine.config import RunConfig
 from specc.engine.prepare import PreparedData, prepare_data
@@ -44,6 +45,7 @@ class Session:
     total_steps: int
     state: TrainerState
     resumed: bool
+    lock: RunLock | None = None     # held for the life of the process (a kill frees it)
     started: float = field(default_factory=time.time)
 
     def export(self, path: Path, val_loss: float | None = None) -> None:
@@ -63,6 +65,11 @@ class Session:
 
     def write_running(self) -> None:
         write_running(self)
+
+    def close(self) -> None:
+        """Let the next trainer in: release the run directory's lock (process exit would too)."""
+        if self.lock is not None:
+            self.lock.release()
 
     def write_summary(self, status: str, reason: str, results: dict | None = None) -> dict:
         return write_summary(self, status, reason, results)
@@ -97,6 +104,7 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
     if backend is None:
         backend = load_backend(name)
     world = dist.init()
+    lock = RunLock(run_dir).acquire() if world.is_main else None   # one trainer per run directory
     if world.active:
         cfg = _data_parallel(cfg, world, name, console)
     console.print(f"specc: {cfg.experiment}/{cfg.run} on backend {name} ({reason}); start: {start.reason}", markup=False)
@@ -162,7 +170,7 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
                                       "at": round(time.time(), 3)}]
     state.backend, state.dataset = name, _data_digest(data)
     return Session(cfg, console, run_dir, backend, reason, data, stream, schedule, total, state,
-                   start.kind in (RESUME, EXTEND))
+                   start.kind in (RESUME, EXTEND), lock=lock)
 
 
 def _lora_settings(cfg: RunConfig) -> LoraSettings | None:
@@ -244,4 +252,7 @@ def evaluate_control(s: Session) -> dict:
         s.console.print(f"control {split}: loss {total / max(n, 1):.4f} over {n} target tokens of {examples} examples",
                         markup=False)
     s.state.best_val_loss = results.get("val_loss")
-    return s.write_summary("completed", "control run: base model evaluated", results)
+    try:
+        return s.write_summary("completed", "control run: base model evaluated", results)
+    finally:
+        s.close()

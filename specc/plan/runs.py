@@ -7,35 +7,23 @@ only makes sense across fields. Every problem is reported at once, anchored in t
 from __future__ import annotations
 
 import itertools
-import math
 import os
-import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
-
 from specc import __version__
-from specc.data.batches import epoch_steps
-from specc.data.steps import CountInputs
 from specc.errors import SpecError, SpecIssue, UserError, staged
 from specc.plan.resources import ResolvedResources, resolve_resources
 from specc.plan.schedule import ScheduleSpec
+from specc.plan.steps import StepCount, count_steps
+from specc.plan.sweep import (PLACEHOLDER, control_label, plain, point_issue, point_label, run_name, set_path,
+                              valid_field_path, validate_point)
 from specc.spec.clusters import load_catalog
 from specc.spec.model import SLUG, Spec
 from specc.spec.profiles import FALLBACK, PROFILES
-from specc.spec.validate import LoadedSpec, _fields_at, _model_of, pydantic_issues
+from specc.spec.validate import LoadedSpec
 
 PROFILE_FIELDS = (("training", "batch_size"), ("training", "grad_accum"), ("data", "max_length"))
-_PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.]+)\}")
-
-
-@dataclass(frozen=True)
-class StepCount:
-    steps: int | None           # optimizer steps, None when only the data can tell
-    source: str                 # "declared (max_steps)", "counted: ... from the tokenized train split", "estimated: ..."
-    key: str | None = None      # counted from tokenized data: the inputs' digest (config.json total_steps_key)
 
 
 @dataclass(frozen=True)
@@ -72,109 +60,11 @@ def _get(data: dict, path: tuple):
     return data
 
 
-def _set(data: dict, path: tuple, value) -> dict:
-    """A copy of `data` with `value` at `path` (a mapping is merged into a mapping); shares what it leaves alone."""
-    head, current = path[0], data.get(path[0])
-    out = dict(data)
-    if len(path) > 1:
-        out[head] = _set(current if isinstance(current, dict) else {}, path[1:], value)
-    elif isinstance(value, dict) and isinstance(current, dict):
-        out[head] = _merged(current, value)
-    else:
-        out[head] = value
-    return out
-
-
-def _merged(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _dotted(data, path: str):
-    cur = data
-    for part in path.split("."):
-        if isinstance(cur, dict) and part in cur:
-            cur = cur[part]
-        else:
-            raise KeyError(path)
-    return cur
-
-
-def _format_value(v) -> str:
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
-
-
-def run_name(template: str, resolved: dict) -> str:
-    """Fill `{dotted.field}` placeholders from a run's resolved spec."""
-    return _PLACEHOLDER.sub(lambda m: _format_value(_dotted(resolved, m.group(1))), template)
-
-
 def _rel(spec_dir: Path, value: str | None) -> str | None:
     """Spec-relative paths become relative to the working directory (the repository root)."""
     if value is None or value.startswith("builtin:") or os.path.isabs(value):
         return value
     return os.path.relpath(os.path.normpath(spec_dir / value))
-
-
-def count_steps(spec: Spec, spec_dir: Path, counted: dict[str, tuple[int, str]] | None = None) -> StepCount:
-    """Optimizer steps of a run, and where the number came from.
-
-    For `epochs`, the steps follow the rows the tokenized data makes (packed rows with packing): counted
-    with the model's tokenizer when the model and train split are on this machine, else taken from
-    `counted` (what an earlier compile counted for the same inputs, so `compile --check` agrees on a
-    machine without the data), else estimated and marked so (the run counts them exactly)."""
-    t, d = spec.training, spec.data
-    if t.max_steps is not None:
-        return StepCount(t.max_steps, "declared (training.max_steps)")
-    inputs = _count_inputs(spec)
-    exact = _tokenized_count(spec, spec_dir, inputs)
-    if exact is not None:
-        return StepCount(exact[0], exact[1], inputs.key())
-    if counted and inputs.key() in counted:
-        steps, source = counted[inputs.key()]
-        return StepCount(steps, source, inputs.key())
-    samples, source = d.samples, "declared data.samples"
-    train = spec_dir / d.train if samples is None and not d.train.startswith("builtin:") else None
-    if train is not None and train.is_file():
-        with open(train, "rb") as fh:
-            samples = sum(1 for line in fh if line.strip())
-        source = f"{samples} lines in {d.train}"
-    if samples is None:
-        return StepCount(None, "from the data at run start (epochs × batches per epoch)")
-    if d.packing and d.avg_tokens:
-        rows = math.ceil(samples * d.avg_tokens / d.max_length)
-        what = f"{source}, packed at avg_tokens={d.avg_tokens:g}"
-    else:
-        rows = samples
-        what = f"{source}, one sample per row" + (" (packing makes it fewer)" if d.packing else "")
-    per_epoch = math.ceil(rows / t.batch_size)
-    steps = epoch_steps(per_epoch * math.floor(t.epochs), per_epoch, t.epochs, t.grad_accum)
-    return StepCount(steps, f"estimated: {what}; the run counts the tokenized rows exactly")
-
-
-def _count_inputs(spec: Spec) -> CountInputs:
-    t, d = spec.training, spec.data
-    return CountInputs(spec.model.path, d.train, d.format, d.max_length, d.stride, d.packing, t.batch_size,
-                       t.grad_accum, float(t.epochs), t.seed)
-
-
-def _tokenized_count(spec: Spec, spec_dir: Path, inputs: CountInputs) -> tuple[int, str] | None:
-    """The exact count, when the model and the train split are on this machine (builtin ones always are)."""
-    from specc.data.steps import count_epoch_steps
-
-    model, train = spec.model.path, spec.data.train
-    model_dir = None if model.startswith("builtin:") else (spec_dir / model)
-    train_path = None if train.startswith("builtin:") else (spec_dir / train)
-    if (model_dir is not None and not (model_dir / "config.json").is_file()) or \
-            (train_path is not None and not train_path.is_file()):
-        return None
-    from specc.data.sources import resolve_data, resolve_model_path
-
-    return count_epoch_steps(inputs, model_dir or resolve_model_path(model), train_path or resolve_data(train, "train"))
 
 
 @staged("plan")
@@ -197,7 +87,7 @@ def plan_experiment(loaded: LoadedSpec, counted: dict[str, tuple[int, str]] | No
         axes = []
         for key, values in spec.sweep.matrix.items():
             path = tuple(key.split("."))
-            if not _valid_field_path(path):
+            if not valid_field_path(path):
                 issues.append(located.issue(("sweep", "matrix", key), f"sweep axis {key!r} is not a spec field", key=True))
                 continue
             if path[0] in ("experiment", "sweep"):
@@ -215,20 +105,20 @@ def plan_experiment(loaded: LoadedSpec, counted: dict[str, tuple[int, str]] | No
     names: dict[str, tuple] = {}
     controls: dict[str, Spec] = {}
     resolved_cache: dict = {}
-    name_sections = {m.group(1).split(".")[0] for m in _PLACEHOLDER.finditer(spec.sweep.name)} if spec.sweep else set()
+    name_sections = {m.group(1).split(".")[0] for m in PLACEHOLDER.finditer(spec.sweep.name)} if spec.sweep else set()
     for point in points:
         raw = base   # the YAML's plain values; nothing below mutates them
         for key, value in point:
-            raw = _set(raw, tuple(key.split(".")), value)
+            raw = set_path(raw, tuple(key.split(".")), value)
         point_issues: list[SpecIssue] = []
-        run_spec = _validate_point(spec, raw, point, located, point_issues) if point else spec
+        run_spec = validate_point(spec, raw, point, located, point_issues) if point else spec
         if point_issues:
-            issues += [_point_issue(located, issue, point, value_index) for issue in point_issues]
+            issues += [point_issue(located, issue, point, value_index) for issue in point_issues]
             continue
         run_spec, provenance = _apply_profile(run_spec, point)
         if spec.sweep is not None:
             # Dump only the sections the naming template names: a large sweep plans thousands of runs.
-            resolved = {s: _plain(getattr(run_spec, s)) for s in name_sections if s in Spec.model_fields}
+            resolved = {s: plain(getattr(run_spec, s)) for s in name_sections if s in Spec.model_fields}
             try:
                 name = run_name(spec.sweep.name, resolved)
             except KeyError as exc:
@@ -241,8 +131,8 @@ def plan_experiment(loaded: LoadedSpec, counted: dict[str, tuple[int, str]] | No
                                         f"run name {name!r} is not a slug (letters, digits, '.', '_', '-')"))
             continue
         if name in names:
-            issues.append(located.issue(("sweep", "name"), f"run name {name!r} is produced twice (by {_label(names[name])} "
-                                        f"and {_label(point)}); add the differing field to the template"))
+            issues.append(located.issue(("sweep", "name"), f"run name {name!r} is produced twice (by {point_label(names[name])} "
+                                        f"and {point_label(point)}); add the differing field to the template"))
             continue
         names[name] = point
         runs.append(_build_run(loaded, run_spec, name, "train", len(runs), point, provenance, catalog, issues,
@@ -251,7 +141,7 @@ def plan_experiment(loaded: LoadedSpec, counted: dict[str, tuple[int, str]] | No
 
     if spec.sweep is not None and spec.sweep.control and not issues:
         for run_spec in controls.values():
-            name = f"control_{_control_label(run_spec)}"
+            name = f"control_{control_label(run_spec)}"
             if name in names:
                 name = f"{name}_{len(names)}"
             names[name] = ()
@@ -271,63 +161,6 @@ def plan_experiment(loaded: LoadedSpec, counted: dict[str, tuple[int, str]] | No
     )
 
     return apply_estimates(ExperimentPlan(loaded.path, spec.experiment, spec, tuple(runs), catalog_source, tuple(warnings)))
-
-
-def _plain(value):
-    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-
-
-@lru_cache(maxsize=None)
-def _section_adapter(section: str) -> tuple[TypeAdapter, type[BaseModel] | None]:
-    annotation = Spec.model_fields[section].annotation
-    return TypeAdapter(annotation, config=None if _model_of(annotation) else Spec.model_config), _model_of(annotation)
-
-
-def _validate_point(spec: Spec, raw: dict, point, located, issues: list[SpecIssue]) -> Spec | None:
-    """The spec at a sweep point: only the sections the point changes are validated again.
-
-    The sections of a spec are independent (Spec has no cross-section validator), so this gives the
-    same result as validating the whole spec, and untouched sections stay the very same objects.
-    """
-    update = {}
-    for section in dict.fromkeys(key.split(".")[0] for key, _ in point):
-        adapter, model = _section_adapter(section)
-        try:
-            update[section] = adapter.validate_python(raw.get(section))
-        except ValidationError as exc:
-            issues += pydantic_issues(exc, located, model or Spec, prefix=(section,))
-    return None if issues else spec.model_copy(update=update)
-
-
-def _point_issue(located, issue: SpecIssue, point, value_index) -> SpecIssue:
-    """Anchor a sweep point's validation problem at the matrix value that caused it."""
-    field = tuple(issue.path.split(".")) if issue.path else ()
-    for key, value in sorted(point, key=lambda kv: -kv[0].count(".")):   # the most specific axis first
-        axis = tuple(key.split("."))
-        if field[:len(axis)] == axis or not field:
-            where = ("sweep", "matrix", key, value_index[key].index(value)) + field[len(axis):]
-            line, col = located.where_key(where) if len(field) > len(axis) else located.where(where)
-            label = f"{key}={_format_value(value) if not isinstance(value, dict) else '{…}'}"
-            return SpecIssue(issue.file, line, col, f"sweep value {label}: {issue.message}", issue.path)
-    label = ", ".join(f"{k}={_format_value(v) if not isinstance(v, dict) else '{…}'}" for k, v in point)
-    return SpecIssue(issue.file, issue.line, issue.col, f"sweep point ({label}): {issue.message}", issue.path)
-
-
-def _label(point) -> str:
-    return "(" + ", ".join(f"{k}={_format_value(v) if not isinstance(v, dict) else '{…}'}" for k, v in point) + ")" if point else "the base spec"
-
-
-def _control_label(spec: Spec) -> str:
-    label = spec.model.size if spec.model.size != "unknown" else Path(spec.model.path.split(":")[-1]).name
-    return re.sub(r"[^A-Za-z0-9._-]", "_", label) or "base"
-
-
-def _valid_field_path(path: tuple) -> bool:
-    if not path or path[0] not in Spec.model_fields:
-        return False
-    if len(path) == 1:
-        return True
-    return path[-1] in _fields_at(Spec, path[:-1])
 
 
 def _apply_profile(spec: Spec, point) -> tuple[Spec, tuple]:

@@ -5,15 +5,22 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
 from specc.errors import SpecError
 from specc.spec.loader import load_yaml, load_yaml_text
-from specc.spec.model import Name, Strict, parse_time
+from specc.spec.model import Name, SlurmTime, Strict, parse_time
 
 
-class Partition(Strict):
-    max_time: str
+class TimeLimited(Strict):
+    max_time: SlurmTime
+
+    @property
+    def max_seconds(self) -> int:
+        return parse_time(self.max_time)
+
+
+class Partition(TimeLimited):
     gpus_per_node: int = Field(0, ge=0)
     gpu_type: Name | None = None
     cpus_per_node: int = Field(1, ge=1)
@@ -21,29 +28,9 @@ class Partition(Strict):
     nodes: int = Field(1, ge=1)
     starts_fast: bool = False
 
-    @field_validator("max_time")
-    @classmethod
-    def _t(cls, v):
-        parse_time(v)
-        return v
 
-    @property
-    def max_seconds(self) -> int:
-        return parse_time(self.max_time)
-
-
-class Qos(Strict):
-    max_time: str
-
-    @field_validator("max_time")
-    @classmethod
-    def _t(cls, v):
-        parse_time(v)
-        return v
-
-    @property
-    def max_seconds(self) -> int:
-        return parse_time(self.max_time)
+class Qos(TimeLimited):
+    pass
 
 
 class GpuType(Strict):

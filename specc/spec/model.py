@@ -50,6 +50,15 @@ def parse_time(value: str) -> int:
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
+def _slurm_time(value: str) -> str:
+    parse_time(value)
+    return value
+
+
+# A SLURM time limit, D-HH:MM:SS, HH:MM:SS or HH:MM (checked, kept as written).
+SlurmTime = Annotated[str, AfterValidator(_slurm_time)]
+
+
 def format_time(seconds: int) -> str:
     """Seconds → SLURM 'D-HH:MM:SS' (or 'HH:MM:SS' under a day)."""
     seconds = max(0, int(math.ceil(seconds)))
@@ -190,18 +199,11 @@ class Resources(Strict):
     nodes: int = Field(1, ge=1, le=1024)
     cpus: int = Field(2, ge=1, le=4096)
     mem: str = "8G"
-    time: str | None = Field(None, description="SLURM time limit, D-HH:MM:SS; or give window_hours")
+    time: SlurmTime | None = Field(None, description="SLURM time limit, D-HH:MM:SS; or give window_hours")
     window_hours: float | None = Field(None, gt=0)
     margin_hours: float = Field(0.5, ge=0)
     max_requeues: int = Field(3, ge=0, le=100)
     signal_lead_s: int | None = Field(None, ge=10, description="seconds of warning before the time limit; null = derived")
-
-    @field_validator("time")
-    @classmethod
-    def _time(cls, v):
-        if v is not None:
-            parse_time(v)
-        return v
 
     @field_validator("mem")
     @classmethod
@@ -213,15 +215,10 @@ class Resources(Strict):
 
 class TestStage(Strict):
     max_steps: int = Field(20, ge=1)
-    time: str = "00:15:00"
+    time: SlurmTime = "00:15:00"
     partition: Name | None = None
     choices: list[Choice] = Field(default_factory=list)
 
-    @field_validator("time")
-    @classmethod
-    def _time(cls, v):
-        parse_time(v)
-        return v
 
 
 class Stages(Strict):

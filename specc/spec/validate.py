@@ -38,7 +38,7 @@ def did_you_mean(key: str, valid: list[str]) -> str | None:
     return SYNONYMS[close[0]] if close else None
 
 
-def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
+def fields_at(model: type[BaseModel], path: tuple) -> list[str]:
     """Field names valid at `path` inside `model` (for did-you-mean), best effort."""
     current = model
     for part in path:
@@ -47,15 +47,15 @@ def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
         field = getattr(current, "model_fields", {}).get(part)
         if field is None:
             return []
-        current = _model_of(field.annotation)
+        current = model_of(field.annotation)
     return list(getattr(current, "model_fields", {}) or [])
 
 
-def _model_of(annotation):
+def model_of(annotation):
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in getattr(annotation, "__args__", ()) or ():
-        m = _model_of(arg)
+        m = model_of(arg)
         if m is not None:
             return m
     return None
@@ -72,7 +72,7 @@ def pydantic_issues(exc: ValidationError, located: Located, model: type[BaseMode
             issues.append(located.issue(loc[:-1], f"key {loc[-2]!r}: {msg}", key=True))
         elif kind == "extra_forbidden":
             key = loc[-1]
-            valid = _fields_at(model, loc[len(prefix):-1])
+            valid = fields_at(model, loc[len(prefix):-1])
             close = did_you_mean(str(key), valid)
             hint = f"; did you mean {close!r}?" if close else (f"; valid keys: {', '.join(valid)}" if valid else "")
             issues.append(located.issue(loc, f"unknown key {key!r}{hint}", key=True))

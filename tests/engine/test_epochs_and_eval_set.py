@@ -116,7 +116,7 @@ def test_a_real_run_trains_the_counted_steps(workdir, monkeypatch):
 def test_compile_without_the_data_keeps_the_committed_count(workdir, tmp_path):
     """A machine without the data (CI's `compile --check`) takes the count an earlier compile made from it."""
     from specc.emit.writer import committed_step_counts
-    from specc.plan.runs import count_steps
+    from specc.plan.steps import count_steps
     from specc.spec.validate import load_spec
 
     spec = _spec(workdir, "ep-ci", packing=True)

@@ -124,3 +124,28 @@ def test_deciding_repairs_nothing(tmp_path):
     s = decide(run)
     assert s.kind == RESUME and s.checkpoint.name == "step_0000020.old-999"
     assert _tree(run) == before and (run / "checkpoints" / "step_0000030.tmp-998").is_dir()
+
+
+# --- one trainer per run directory --------------------------------------------------------------
+
+def test_a_second_trainer_on_the_same_run_directory_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    from specc.engine.atomic import RunLock
+
+    run = tmp_path / "runs" / "exp" / "main"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from specc.engine.atomic import RunLock; "
+        f"RunLock(Path({str(run)!r})).acquire(); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=f"is being trained by specc run pid {holder.pid}"):
+            RunLock(run).acquire()
+    finally:
+        holder.kill()                       # kill -9: the lock goes with the process
+        holder.wait()
+    lock = RunLock(run).acquire()
+    lock.release()
+    assert not run.exists()                 # the lock sits beside the run directory, so --resume never can move it

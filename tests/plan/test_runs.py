@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from specc.plan.runs import count_steps, run_name
+from specc.plan.steps import count_steps
+from specc.plan.sweep import run_name
 from specc.spec.validate import load_spec
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
