@@ -141,3 +141,4 @@ class BackendInfo:
     target: str                     # "module:Class"
     extra: str                      # pip extra that provides its packages, e.g. "torch"
     modules: tuple[str, ...] = field(default_factory=tuple)  # top-level modules it needs
+    dist: str | None = None         # a plugin: the distribution whose entry point registered it

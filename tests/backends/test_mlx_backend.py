@@ -1,4 +1,4 @@
-"""MLX backend (backends/mlx_backend.py) on a tiny random Llama built locally (no downloads)."""
+"""MLX backend (backends/mlx_backend.py, mlx_load, mlx_forward, mlx_layout) on a tiny random Llama, built locally."""
 from __future__ import annotations
 
 import importlib.util
@@ -256,7 +256,7 @@ def test_padding_does_not_change_real_tokens_and_loss_is_sum_ce(mlx_tiny_dir):
 
 def test_relayout_is_exact(mlx_tiny_dir):
     """Long packed rows of short documents are re-packed into short rows: same loss, same gradients."""
-    from backends.mlx_backend import relayout
+    from backends.mlx_layout import relayout
 
     rng = np.random.default_rng(8)
     rows = [[list(rng.integers(4, VOCAB, int(rng.integers(5, 14)))) for _ in range(22)] for _ in range(3)]
