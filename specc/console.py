@@ -18,12 +18,16 @@ class _WideStdout:
     """stdout for tables: wide enough when it is not a terminal (logs, CI, pipes). Built on each use, so
     a test that redirects sys.stdout sees the output."""
 
+    def __init__(self, min_width: int):
+        self.min_width = min_width
+
     def __getattr__(self, name):
         console = Console(highlight=False, soft_wrap=False)
         if not console.is_terminal:
-            console = Console(highlight=False, soft_wrap=False, width=max(shutil.get_terminal_size((160, 24)).columns, 160))
+            width = max(shutil.get_terminal_size((self.min_width, 24)).columns, self.min_width)
+            console = Console(highlight=False, soft_wrap=False, width=width)
         return getattr(console, name)
 
 
-def wide_stdout() -> _WideStdout:
-    return _WideStdout()
+def wide_stdout(min_width: int = 160) -> _WideStdout:
+    return _WideStdout(min_width)

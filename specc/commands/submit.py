@@ -9,11 +9,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from specc.cli import app
-from specc.console import stderr_console, stdout_console
+from specc.console import stderr_console, stdout_console, wide_stdout
+from specc.errors import EXIT_FAILED, UserError
 from specc.plan.experiments import plan_specs
 
 out, err = stdout_console(), stderr_console()
-from specc.errors import EXIT_FAILED, UserError
 
 
 @app.command()
@@ -77,13 +77,13 @@ def status(
     experiment: Optional[str] = typer.Argument(None, help="an experiment (default: every one with runs/<exp>/jobs.json)"),
 ):
     """Runs, their SLURM jobs and progress: state, step, loss, ETA, restarts, and why a full run was blocked."""
-    from rich.console import Console
 
     from specc.slurm.state import known_experiments
-    from specc.slurm.status import eta_text, rows
+    from specc.fmt import compact_duration
+    from specc.slurm.status import rows
 
     # In a log or a pipe rich would wrap the table at 80 columns; keep one row per line there.
-    console = out if out.is_terminal else Console(width=max(out.width, 300), highlight=False)
+    console = out if out.is_terminal else wide_stdout(300)
     names = [experiment] if experiment else known_experiments()
     if not names:
         out.print("no submitted experiments (runs/*/jobs.json); submit one with `specc submit SPEC`")
@@ -98,7 +98,7 @@ def status(
         for r in rows(name):
             step = "—" if r.step is None else (f"{r.step}/{r.total}" if r.total else str(r.step))
             loss = "—" if r.loss is None else f"{r.loss:.4f}"
-            table.add_row(r.run, r.stage, r.job_id, r.partition, r.state, step, loss, eta_text(r.eta_s),
+            table.add_row(r.run, r.stage, r.job_id, r.partition, r.state, step, loss, compact_duration(r.eta_s),
                           "—" if r.restarts is None else str(r.restarts), escape(r.note))
         console.print(table)
 

@@ -4,28 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
-from specc.cli import app
+from specc.cli import EXIT_ABORTED, app
 from specc.console import wide_stdout
-from specc.errors import UserError
-
-out = wide_stdout()
-
-CAL_HELP = "calibrations directory (default: $SPECC_CALIBRATIONS, else ./calibrations)"
-
-
-def _e(x) -> str:
-    return escape(str(x))
-
-
-def _watch_target(target: str, runs_dir: Path) -> Path:
-    for cand in (Path(target), runs_dir / target):
-        if cand.is_dir():
-            return cand
-    raise UserError(f"no run or experiment directory {target!r}",
-                    hint=f"pass runs/<experiment>/<run>, runs/<experiment>, or a name under {runs_dir}/")
-
+from specc.fmt import markup_safe
 
 WATCH_HELP = """Follow a run from its files: progress, time window, and flags (OOM, NaN, killed, plateau, slow, leak).
 
@@ -44,21 +26,29 @@ def watch(
     interval: float = typer.Option(30.0, "--interval", min=0.05, help="seconds between looks"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
 ):
-    from specc.lifecycle.watch import describe, exit_code, follow, run_dirs, snapshot
+    from specc.lifecycle.watch import (
+        describe,
+        exit_code,
+        follow,
+        run_dirs,
+        snapshot,
+        watch_target,
+    )
 
-    path = _watch_target(target, runs_dir)
+    out = wide_stdout()
+    path = watch_target(target, runs_dir)
     if once:
         snaps = [snapshot(d) for d in run_dirs(path)]
         if not snaps:
-            out.print(f"{_e(path)}: no run has started yet (no config.json)")
+            out.print(f"{markup_safe(path)}: no run has started yet (no config.json)")
         for s in snaps:
             for line in describe(s):
-                out.print(_e(line))
+                out.print(markup_safe(line))
         raise typer.Exit(exit_code(snaps))
     try:
-        snaps = follow(path, interval=interval, emit=lambda line: out.print(_e(line)))
+        snaps = follow(path, interval=interval, emit=lambda line: out.print(markup_safe(line)))
     except KeyboardInterrupt:
-        raise typer.Exit(130)
+        raise typer.Exit(EXIT_ABORTED)
     out.print(("all runs ended: " if all(s.ended for s in snaps) else "no run is left to follow: ")
               + ", ".join(f"{s.name} {s.status}" for s in snaps))
     raise typer.Exit(exit_code(snaps))

@@ -213,7 +213,7 @@ def plan_markdown(loaded: LoadedSpec, plan: ExperimentPlan, source: str, baselin
 @staged("emit")
 def render_experiment(loaded: LoadedSpec, plan: ExperimentPlan) -> dict[str, str]:
     """Every artifact of one experiment: {path relative to generated/<experiment>/: content}."""
-    from specc.plan.estimate import estimates_markdown
+    from specc.estimate.markdown import estimates_markdown
 
     source = source_name(loaded.path)
     baseline = None

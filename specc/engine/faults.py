@@ -10,15 +10,20 @@ action: kill (SIGKILL) or a signal name (term, usr1, int, ...). Points (step = t
   save   inside checkpoint N's write (state and adapter in the temporary directory, no manifest yet)
   final  inside the final adapter/ publish at step N
 
-The variable is read once per process (a forked child reads it again); unset, a call costs a getpid() and
-a dict lookup.
+SPECC_SLOW_STEPS=<seconds> makes every step that long at least (a sleep after its metrics line), so a
+signal sent from outside lands mid-run even where a tiny model trains 40 steps in a fraction of a second.
+
+The variables are read once per process (a forked child reads them again); unset, a call costs a getpid()
+and a dict lookup.
 """
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 _plan: dict[int, tuple[str, str, int] | None] = {}   # pid → (action, point, step), parsed on first use
+_slow: dict[int, float] = {}                         # pid → SPECC_SLOW_STEPS
 
 
 def _parse(text: str) -> tuple[str, str, int] | None:
@@ -34,6 +39,11 @@ def fault_point(point: str, step: int) -> None:
     if pid not in _plan:
         text = os.environ.get("SPECC_FAULT")
         _plan[pid] = _parse(text) if text else None
+    if point == "step":
+        if pid not in _slow:
+            _slow[pid] = float(os.environ.get("SPECC_SLOW_STEPS") or 0)
+        if _slow[pid]:
+            time.sleep(_slow[pid])
     plan = _plan[pid]
     if plan is None or plan[1] != point or plan[2] != step:
         return

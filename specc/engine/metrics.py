@@ -10,6 +10,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from specc.console import stderr_console
+
 
 class MetricsLog:
     """Appends one JSON object per line to metrics.jsonl and mirrors scalars to TensorBoard."""
@@ -106,7 +108,7 @@ class Progress:
     """
 
     def __init__(self, total_steps: int, console: Console | None = None, log_every: int | None = None):
-        self.console = console or Console(stderr=True, highlight=False)
+        self.console = console or stderr_console()
         self.total = total_steps
         self.log_every = log_every or max(1, total_steps // 50)
         self.step_times: deque[float] = deque(maxlen=50)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from specc.errors import UserError
-from specc.lifecycle.estimate import RunFacts
+from specc.estimate.result import RunFacts
 
 PADDING_WASTE = 0.5        # warn when more than half of each batch is padding
 TRUNCATED_TOKENS = 0.5     # warn when most tokens are cut off
@@ -108,8 +108,8 @@ def clear_caches() -> None:
 def _analyze(config: dict, model_dir: Path, key: tuple) -> DataAnalysis:
     from specc.data.batches import BatchPlan, eval_batches, eval_example_indices
     from specc.data.jsonl import load_dataset
-    from specc.data.tokenize import pad_token_id, tokenize_split
     from specc.data.sources import load_tokenizer
+    from specc.data.tokenize import pad_token_id, tokenize_split
 
     d, t = config["data"], config["training"]
     try:

@@ -59,6 +59,19 @@ def _legend(ax, n: int) -> None:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + n // 25)
 
 
+def _runs_with(runs: list, key: str) -> list:
+    """The runs with at least one numeric `key` in their metrics lines."""
+    return [r for r in runs if any(isinstance(x.get(key), (int, float)) for x in r.records)]
+
+
+def _save(fig, path: Path, tight: bool = True) -> Path:
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
 def _steps(records):
     return [r for r in records if isinstance(r.get("loss"), (int, float)) and "step" in r]
 
@@ -141,18 +154,14 @@ def plot_loss(runs: list, path: Path, title: str) -> Path | None:
     made = loss_figure(runs, title)
     if made is None:
         return None
-    fig = made[0]
-    fig.savefig(path, bbox_inches="tight")
-    _plt().close(fig)
-    return path
+    return _save(made[0], path, tight=False)
 
 
 def plot_lr(runs: list, path: Path, title: str) -> Path | None:
-    runs = [r for r in runs if any(isinstance(x.get("lr"), (int, float)) for x in r.records)]
+    runs = _runs_with(runs, "lr")
     if not runs:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    fig, ax = _plt().subplots(figsize=(8, 3.8))
     curves = [[(r["step"], r["lr"]) for r in run.records if isinstance(r.get("lr"), (int, float))] for run in runs]
     if len(runs) > 1 and all(c == curves[0] for c in curves):
         ax.plot(*zip(*curves[0]), color="tab:blue", linewidth=1.8, label=f"all {len(runs)} runs (identical)")
@@ -166,18 +175,14 @@ def plot_lr(runs: list, path: Path, title: str) -> Path | None:
     ax.set_ylim(bottom=0)
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     _legend(ax, n + len({event for _, _, event in markers}))
-    fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_throughput_memory(runs: list, path: Path, title: str) -> Path | None:
-    runs = [r for r in runs if any(isinstance(x.get("step_s"), (int, float)) for x in r.records)]
+    runs = _runs_with(runs, "step_s")
     if not runs:
         return None
-    plt = _plt()
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, (ax_t, ax_m) = _plt().subplots(1, 2, figsize=(12, 4.2))
     any_mem = False
     longest = max(sum(r["step_s"] for r in run.records if isinstance(r.get("step_s"), (int, float))) for run in runs)
     unit, div = ("h", 3600) if longest > 3 * 3600 else ("min", 60) if longest > 180 else ("s", 1)
@@ -206,10 +211,7 @@ def plot_throughput_memory(runs: list, path: Path, title: str) -> Path | None:
         _legend(ax_m, len(runs))
     _legend(ax_t, len(runs))
     fig.suptitle(title, fontsize=12)
-    fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_experiment(runs: list, out_dir: Path, title: str) -> list[Path]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from specc.errors import SpecError, UserError
-from specc.lifecycle.estimate import fmt_duration
+from specc.fmt import fmt_duration
 from specc.plan.baseline import field_changes, flatten
 
 TOP_LEVEL = ("hypothesis", "baseline")
@@ -200,7 +200,7 @@ def diff_git(rev: str, spec: Path) -> SpecDiff:
 
 # --- rendering -----------------------------------------------------------------------------------------
 
-def _v(v) -> str:
+def _change_text(v) -> str:
     if isinstance(v, float):
         return f"{v:g}"
     if isinstance(v, list):
@@ -217,15 +217,15 @@ def render(d: SpecDiff, markdown: bool = False) -> str:
     if d.experiment[0] != d.experiment[1]:
         lines.append(f"- experiment: {d.experiment[0] or '—'} → {d.experiment[1] or '—'}")
     for k, a, b in d.top:
-        lines.append(f"- {code(k)}: {_v(a)} → {_v(b)}")
+        lines.append(f"- {code(k)}: {_change_text(a)} → {_change_text(b)}")
     if d.common:
         n = len(d.runs)
         lines.append(f"- every run ({n}):" if n > 1 else "- changed:")
-        lines += [f"  - {code(k)}: {_v(a)} → {_v(b)}" for k, a, b in d.common]
+        lines += [f"  - {code(k)}: {_change_text(a)} → {_change_text(b)}" for k, a, b in d.common]
     for r in d.runs:
         if r.changes:
             lines.append(f"- run {code(r.name)}:")
-            lines += [f"  - {code(k)}: {_v(a)} → {_v(b)}" for k, a, b in r.changes]
+            lines += [f"  - {code(k)}: {_change_text(a)} → {_change_text(b)}" for k, a, b in r.changes]
     if d.added:
         lines.append(f"- runs added ({len(d.added)}): " + ", ".join(map(code, d.added)))
     if d.removed:
@@ -233,3 +233,21 @@ def render(d: SpecDiff, markdown: bool = False) -> str:
     if d.effects:
         lines.append("- effect: " + "; ".join(d.effects))
     return "\n".join(lines) + "\n"
+
+
+def diff_text(specs: list[Path] | None, git: str | None = None, markdown: bool = False) -> str:
+    """What `specc diff` prints: OLD NEW, or with `git` the given specs (default: those changed) against REV."""
+    out = []
+    if git:
+        targets = list(specs or []) or changed_specs(git)
+        diffs = [diff_git(git, s) for s in targets]
+        if markdown:
+            out.append("## specc diff against " + git + "\n\n")
+        if not diffs:
+            out.append(f"no spec changed since {git}\n")
+    else:
+        if not specs or len(specs) != 2:
+            raise UserError("give two specs (OLD.yaml NEW.yaml), or --git REV [SPEC...]")
+        diffs = [diff_files(specs[0], specs[1])]
+    out += [render(d, markdown) + ("\n" if markdown else "") for d in diffs]
+    return "".join(out)

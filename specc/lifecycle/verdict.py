@@ -19,8 +19,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from specc.rundir import FINISHED
+
 CONFIRMED, REJECTED, INCONCLUSIVE = "CONFIRMED", "REJECTED", "INCONCLUSIVE"
-FINISHED = ("completed", "early_stopped")
 MIN_STEP_SHARE = 0.1          # an early-stopped run that did under 10% of its steps says too little
 SYMBOL = {"<": "<", "<=": "≤", ">": ">", ">=": "≥", "==": "=", "within": "within"}
 

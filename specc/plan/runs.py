@@ -156,9 +156,7 @@ def plan_experiment(loaded: LoadedSpec, counted: dict[str, tuple[int, str]] | No
             warnings.append(f"run {run.name}: checkpoint_every ({run.spec.training.checkpoint_every}) exceeds the run's "
                             f"{run.steps.steps} steps: only the final checkpoint is written")
             break
-    from specc.plan.estimate import (
-        apply_estimates,  # calibrations/ + declared figures: committed inputs only
-    )
+    from specc.estimate.attach import apply_estimates   # calibrations/ + declared figures: committed inputs only
 
     return apply_estimates(ExperimentPlan(loaded.path, spec.experiment, spec, tuple(runs), catalog_source, tuple(warnings)))
 

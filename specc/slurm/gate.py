@@ -13,6 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from specc.rundir import FINISHED, RunDir, is_step_line, iter_jsonl, read_json
 from specc.slurm.state import now
 
 MIN_STEPS = 3          # fewer loss values cannot show a trend
@@ -31,41 +32,32 @@ class GateVerdict:
         return "; ".join(self.reasons)
 
 
-def read_losses(metrics: Path) -> tuple[list[tuple[int, float | None]], int]:
-    """(step, loss) of every training-step line (None where the loss was not finite), and unreadable lines."""
-    steps, torn = [], 0
-    if not metrics.is_file():
-        return steps, torn
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            torn += 1
-            continue
-        if "loss" in rec and "event" not in rec:
-            loss = rec["loss"]
-            steps.append((int(rec.get("step", 0)), float(loss) if isinstance(loss, (int, float)) else None))
-    return steps, torn
+def read_losses(metrics: Path) -> list[tuple[int, float | None]]:
+    """(step, loss) of every training-step line of a metrics.jsonl (None where the loss was not finite);
+    torn lines are skipped."""
+    steps = []
+    for rec in filter(is_step_line, iter_jsonl(metrics)):
+        loss = rec["loss"]
+        steps.append((int(rec.get("step", 0)), float(loss) if isinstance(loss, (int, float)) else None))
+    return steps
 
 
 def check_test_stage(test_dir: Path) -> GateVerdict:
     """Judge a finished test stage; never raises for a missing or broken run directory (it refuses instead)."""
-    test_dir = Path(test_dir)
-    v = GateVerdict(ok=False, test_dir=str(test_dir), checked_at=now())
-    summary_path = test_dir / "summary.json"
-    if not summary_path.is_file():
-        v.reasons.append(f"the test stage has not finished: no {summary_path}")
+    rd = RunDir(Path(test_dir))
+    v = GateVerdict(ok=False, test_dir=str(rd.path), checked_at=now())
+    if not rd.summary_path.is_file():
+        v.reasons.append(f"the test stage has not finished: no {rd.summary_path}")
         return v
-    try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        v.reasons.append(f"cannot read {summary_path}: {exc}")
+    summary = rd.summary()
+    if summary is None:
+        v.reasons.append(f"cannot read {rd.summary_path}: not a JSON object")
         return v
     status = summary.get("status")
     v.facts.update(status=status, steps=summary.get("steps"), tokens_per_s=summary.get("tokens_per_s"))
-    if status not in ("completed", "early_stopped"):
+    if status not in FINISHED:
         v.reasons.append(f"the test stage {status}: {summary.get('stop_reason', 'no reason recorded')}")
-    losses, _ = read_losses(test_dir / "metrics.jsonl")
+    losses = read_losses(rd.metrics_path)
     # A resumed test keeps one line per step; keep the last value for a step, in step order.
     by_step = dict(losses)
     values = [by_step[s] for s in sorted(by_step)]
@@ -92,7 +84,7 @@ def check_test_stage(test_dir: Path) -> GateVerdict:
 
 
 def write_verdict(v: GateVerdict) -> Path:
-    path = Path(v.test_dir) / "gate.json"
+    path = RunDir(Path(v.test_dir)).gate_path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".gate.json.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(asdict(v), indent=2) + "\n", encoding="utf-8")
@@ -101,8 +93,5 @@ def write_verdict(v: GateVerdict) -> Path:
 
 
 def read_verdict(test_dir: Path) -> dict | None:
-    path = Path(test_dir) / "gate.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+    """<run>.test/gate.json, or None when there is none (or it is unreadable)."""
+    return read_json(RunDir(Path(test_dir)).gate_path)

@@ -7,11 +7,11 @@ summary.json, gate.json). A full run that waits on a failed test stage forever (
 """
 from __future__ import annotations
 
-import json
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from specc.rundir import FINISHED, RUNS_ROOT, RunDir, is_step_line
 from specc.slurm import client
 from specc.slurm.gate import read_verdict
 from specc.slurm.state import JobRecord, Jobs, load_jobs
@@ -33,43 +33,27 @@ class Row:
     log: str | None = None
 
 
-def run_dir(experiment: str, run: str, stage: str, root: Path = Path("runs")) -> Path:
-    return root / experiment / (f"{run}.test" if stage == "test" else run)
-
-
-def _json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else None
-    except (OSError, json.JSONDecodeError):
-        return None
+def run_dir(experiment: str, run: str, stage: str, root: Path = RUNS_ROOT) -> Path:
+    return RunDir.of(experiment, run, stage, root).path
 
 
 def progress(directory: Path) -> tuple[int | None, float | None, float | None]:
     """(last step, its loss, mean step_s of the last 20 steps) from metrics.jsonl."""
-    path = directory / "metrics.jsonl"
-    if not path.is_file():
-        return None, None, None
     step = loss = None
     times: deque[float] = deque(maxlen=20)
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "loss" in rec and "event" not in rec:
-                step, loss = rec.get("step"), rec.get("loss")
-                if isinstance(rec.get("step_s"), (int, float)):
-                    times.append(rec["step_s"])
+    for rec in filter(is_step_line, RunDir(directory).iter_records()):
+        step, loss = rec.get("step"), rec.get("loss")
+        if isinstance(rec.get("step_s"), (int, float)):
+            times.append(rec["step_s"])
     return step, loss, (sum(times) / len(times) if times else None)
 
 
 def total_steps(directory: Path, stage: str) -> int | None:
-    summary = _json(directory / "summary.json")
+    rd = RunDir(directory)
+    summary = rd.summary()
     if summary and summary.get("total_steps"):
         return summary["total_steps"]
-    cfg = _json(directory / "config.json")
+    cfg = rd.config()
     if not cfg:
         return None
     if stage == "test":
@@ -77,14 +61,14 @@ def total_steps(directory: Path, stage: str) -> int | None:
     return (cfg.get("training") or {}).get("total_steps")
 
 
-def test_failure(experiment: str, run: str, jobs: Jobs, root: Path = Path("runs")) -> str:
+def test_failure(experiment: str, run: str, jobs: Jobs, root: Path = RUNS_ROOT) -> str:
     """Why the test stage of RUN failed, in one line, from the gate, the test summary or SLURM."""
     d = run_dir(experiment, run, "test", root)
     verdict = read_verdict(d)
     if verdict and not verdict.get("ok"):
         return "gate refused: " + "; ".join(verdict.get("reasons") or ["no reason recorded"])
-    summary = _json(d / "summary.json")
-    if summary and summary.get("status") not in ("completed", "early_stopped"):
+    summary = RunDir(d).summary()
+    if summary and summary.get("status") not in FINISHED:
         return f"{summary.get('status')}: {summary.get('stop_reason', '')}".rstrip(": ")
     rec = jobs.latest(run, "test")
     if rec is not None:
@@ -95,7 +79,7 @@ def test_failure(experiment: str, run: str, jobs: Jobs, root: Path = Path("runs"
     return "no test job recorded"
 
 
-def rows(experiment: str, root: Path = Path("runs"), *, cancel_blocked: bool = True) -> list[Row]:
+def rows(experiment: str, root: Path = RUNS_ROOT, *, cancel_blocked: bool = True) -> list[Row]:
     jobs = load_jobs(experiment, root)
     out = []
     for run, recs in jobs.runs.items():
@@ -109,7 +93,7 @@ def rows(experiment: str, root: Path = Path("runs"), *, cancel_blocked: bool = T
 def _row(experiment: str, run: str, rec: JobRecord, jobs: Jobs, root: Path, cancel_blocked: bool) -> Row:
     d = run_dir(experiment, run, rec.stage, root)
     info = client.job_record(rec.job_id) or {}
-    summary = _json(d / "summary.json")
+    summary = RunDir(d).summary()
     state = info.get("JobState") or (f"{summary['status'].upper()}?" if summary else "UNKNOWN")
     reason = info.get("Reason", "None")
     step, loss, step_s = progress(d)
@@ -127,7 +111,7 @@ def _row(experiment: str, run: str, rec: JobRecord, jobs: Jobs, root: Path, canc
     elif rec.stage == "full" and state == "FAILED" and (v := read_verdict(run_dir(experiment, run, "test", root))) \
             and not v.get("ok"):
         note = "test stage failed: gate refused: " + "; ".join(v.get("reasons") or [])
-    elif summary and summary.get("status") not in (None, "completed", "early_stopped") and state not in ("RUNNING", "PENDING"):
+    elif summary and summary.get("status") not in (None, *FINISHED) and state not in ("RUNNING", "PENDING"):
         note = f"{summary['status']}: {summary.get('stop_reason', '')}"
     elif rec.stage == "test" and (v := read_verdict(d)) and not v.get("ok"):
         note = "gate refused: " + "; ".join(v.get("reasons") or [])
@@ -154,7 +138,7 @@ def _blocked_reason(experiment: str, run: str, jobs: Jobs, root: Path) -> str:
     return "a test job of the sweep failed"
 
 
-def cancel_targets(experiment: str, run: str | None, root: Path = Path("runs")) -> list[tuple[str, JobRecord]]:
+def cancel_targets(experiment: str, run: str | None, root: Path = RUNS_ROOT) -> list[tuple[str, JobRecord]]:
     """(run, record) of the latest test and full job of every run (or of RUN) that SLURM may still hold."""
     jobs = load_jobs(experiment, root)
     runs = [run] if run else list(jobs.runs)
@@ -167,7 +151,7 @@ def cancel_targets(experiment: str, run: str | None, root: Path = Path("runs")) 
     return out
 
 
-def cancel(experiment: str, run: str | None, root: Path = Path("runs")) -> list[str]:
+def cancel(experiment: str, run: str | None, root: Path = RUNS_ROOT) -> list[str]:
     """scancel the recorded jobs that are not finished; returns the ids cancelled."""
     ids = []
     for _, rec in cancel_targets(experiment, run, root):
@@ -185,9 +169,3 @@ def cancel(experiment: str, run: str | None, root: Path = Path("runs")) -> list[
     return ids
 
 
-def eta_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 60:.1f}m" if seconds >= 60 else f"{seconds:.0f}s"

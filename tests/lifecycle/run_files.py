@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from specc.lifecycle.shape import shape_of_config
+from specc.estimate.shape import shape_of_config
 
 REPO = Path(__file__).resolve().parents[2]
 

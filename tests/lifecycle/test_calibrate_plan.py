@@ -7,12 +7,12 @@ import random
 import pytest
 from typer.testing import CliRunner
 
-from specc.lifecycle.calibrations import load_calibration
+from specc.estimate.calibrations import load_calibration
 from tests.spec_texts import dump_yaml as dump_yaml_spec
 
 
 def cli(*args):
-    from specc.cli import register_commands, app
+    from specc.cli import app, register_commands
 
     register_commands()
     return CliRunner().invoke(app, list(args))

@@ -9,20 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from specc.lifecycle.calibrate import _eval_limit
-from specc.lifecycle.calibrations import load_calibration
-from specc.lifecycle.estimate import (
-    RunFacts,
-    estimate_run,
+from specc.estimate.calibrations import load_calibration
+from specc.estimate.facts import (
+    eval_sample_limit,
     facts_from_config,
-    fit_window,
-    load_priors,
     n_checkpoints,
     n_evaluations,
-    recommend_batch,
 )
-from specc.lifecycle.shape import device_key, shape_of_config
-from specc.plan.estimate import NOT_ESTIMATED, estimates_markdown
+from specc.estimate.fit import fit_window, recommend_batch
+from specc.estimate.markdown import NOT_ESTIMATED, estimates_markdown
+from specc.estimate.priors import load_priors
+from specc.estimate.result import RunFacts
+from specc.estimate.shape import device_key, shape_of_config
+from specc.estimate.sources import estimate_run
 from specc.plan.runs import plan_experiment
 from specc.spec.model import Training, parse_time
 from specc.spec.validate import load_spec
@@ -116,7 +115,7 @@ def test_calibration_of_the_same_data_gives_steps_of_an_epoch_run(write_spec, in
     entry = cal_entry(cfg)
     entry["data"] = {"train": cfg["data"]["train"], "valid": cfg["data"]["valid"], "format": cfg["data"]["format"],
                      "stride": None, "batches_per_epoch": 40, "tokens_per_step": 900.0, "tokens_per_epoch": 36000,
-                     "valid_batches": 5, **_eval_limit(cfg["training"])}
+                     "valid_batches": 5, **eval_sample_limit(cfg["training"])}
     facts = facts_from_config(cfg, entry)
     assert facts.steps == 80 and facts.tokens == 80 * 900 and facts.eval_batches == 5
 
@@ -145,7 +144,7 @@ def test_priors_same_shape_and_scaled(in_tmp):
 
 def test_batch_from_measured_memory():
     """The seeds: batch 1 uses 2.4 GB on an 80 GB GPU → 80 / 2.4 × 0.7 ≈ 23."""
-    from specc.lifecycle.estimate import Estimate
+    from specc.estimate.result import Estimate
 
     est = Estimate("r", "calibration", "c", peak_mem_gb=2.4, mem_source="calibration")
     batch, accum, why = recommend_batch(est, 80, 1, 1)
@@ -180,7 +179,7 @@ def test_compile_is_deterministic_and_imports_no_ml_library(write_spec, in_tmp):
 
 
 def test_calibration_files_round_trip(in_tmp):
-    from specc.lifecycle.calibrations import open_calibration
+    from specc.estimate.calibrations import open_calibration
 
     cal = open_calibration("k")
     cal.entries["s"] = {"throughput": {"tokens_per_s": 1234.56789012}}

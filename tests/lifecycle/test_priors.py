@@ -11,16 +11,13 @@ import time
 
 import pytest
 
-from specc.lifecycle.calibrations import load_calibration
-from specc.lifecycle.estimate import (
-    RunFacts,
-    estimate_run,
-    load_priors,
-    measurement_problem,
-    recommend_batch,
-    was_extended,
-)
-from specc.lifecycle.shape import shape_of_config
+from specc.estimate.calibrations import load_calibration
+from specc.estimate.evidence import measurement_problem, was_extended
+from specc.estimate.fit import recommend_batch
+from specc.estimate.priors import load_priors
+from specc.estimate.result import RunFacts
+from specc.estimate.shape import shape_of_config
+from specc.estimate.sources import estimate_run
 from tests.lifecycle.run_files import (
     cal_entry,
     step_records,

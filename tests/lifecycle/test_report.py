@@ -6,9 +6,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from specc.lifecycle.calibrations import load_calibration
-from specc.lifecycle.report import build_report, render_markdown
-from specc.lifecycle.shape import shape_of_config
+from specc.estimate.calibrations import load_calibration
+from specc.estimate.shape import shape_of_config
+from specc.lifecycle.report import build_report
+from specc.lifecycle.report_view import render_markdown
 from tests.lifecycle.run_files import (
     cal_entry,
     step_records,
@@ -24,7 +25,7 @@ EXPECTED = [{"metric": "final_loss", "comparator": "within", "target": 1.0, "tol
 
 
 def cli(*args):
-    from specc.cli import register_commands, app
+    from specc.cli import app, register_commands
 
     register_commands()
     return CliRunner().invoke(app, list(args))

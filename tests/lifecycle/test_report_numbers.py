@@ -3,7 +3,9 @@ report says how much validation data a run was judged on."""
 from __future__ import annotations
 
 from specc.lifecycle.plots import loss_figure, plot_experiment, restart_markers
-from specc.lifecycle.report import build_report, load_run, render_markdown
+from specc.lifecycle.report import build_report
+from specc.lifecycle.report_view import render_markdown
+from specc.lifecycle.rundata import load_run
 from tests.lifecycle.run_files import step_records, write_run
 
 WALL = [{"metric": "wall_hours", "comparator": "<", "target": 0.05}]

@@ -13,7 +13,7 @@ from tests.lifecycle.run_files import REPO
 
 
 def cli(*args):
-    from specc.cli import register_commands, app
+    from specc.cli import app, register_commands
 
     register_commands()
     return CliRunner().invoke(app, list(args))

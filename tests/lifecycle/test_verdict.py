@@ -151,10 +151,10 @@ def test_seeds_larger_batch_expectations():
 def test_overall():
     from specc.lifecycle.verdict import Verdict
 
-    def v(k):
-        return Verdict("m", "<", 1, 0, False, False, k)
+    def verdict_of(kind):
+        return Verdict("m", "<", 1, 0, False, False, kind)
 
-    assert overall([v(CONFIRMED), v(CONFIRMED)]) == CONFIRMED
-    assert overall([v(CONFIRMED), v(INCONCLUSIVE)]) == INCONCLUSIVE
-    assert overall([v(INCONCLUSIVE), v(REJECTED)]) == REJECTED
+    assert overall([verdict_of(CONFIRMED), verdict_of(CONFIRMED)]) == CONFIRMED
+    assert overall([verdict_of(CONFIRMED), verdict_of(INCONCLUSIVE)]) == INCONCLUSIVE
+    assert overall([verdict_of(INCONCLUSIVE), verdict_of(REJECTED)]) == REJECTED
     assert overall([]) == INCONCLUSIVE

@@ -100,7 +100,7 @@ def test_follow_exits_when_the_summary_appears(in_tmp):
 
 
 def _cli(*args):
-    from specc.cli import register_commands, app
+    from specc.cli import app, register_commands
 
     register_commands()
     return CliRunner().invoke(app, list(args))

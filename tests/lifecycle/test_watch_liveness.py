@@ -26,7 +26,7 @@ from tests.lifecycle.run_files import step_records, write_run
 
 
 def cli(*args):
-    from specc.cli import register_commands, app
+    from specc.cli import app, register_commands
 
     register_commands()
     return CliRunner().invoke(app, list(args))

@@ -29,11 +29,11 @@ JOB_TIMEOUT = 420          # one job on a loaded 2-CPU machine: python + torch s
 PREEMPT_STEPS = 40
 
 
-def specc(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
+def specc(*args: str, cwd: Path, check: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
     exe = shutil.which("specc", path=str(Path(sys.executable).parent))
     cmd = [exe] if exe else [sys.executable, "-m", "specc.cli"]
     proc = subprocess.run([*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, COLUMNS="200", NO_COLOR="1"))
+                          env=dict(os.environ, COLUMNS="200", NO_COLOR="1", **(env or {})))
     if check and proc.returncode != 0:
         raise AssertionError(f"specc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -123,7 +123,11 @@ def project(slurm_cluster, tmp_path_factory):
         "diverge": spec(root, files, "diverge", steps=8, test_steps=4, model="poisoned"),
     }
     try:
-        outputs = {name: specc("submit", str(path), cwd=root, check=True) for name, path in specs.items()}
+        # The preemption job's steps take 0.1 s at least (SPECC_SLOW_STEPS, inherited by the job): a tiny model
+        # trains 40 steps in a fraction of a second, faster than a signal travels through SLURM.
+        outputs = {name: specc("submit", str(path), cwd=root, check=True,
+                               env={"SPECC_SLOW_STEPS": "0.1"} if name == "preempt" else None)
+                   for name, path in specs.items()}
         yield {"root": root, "files": files, "specs": specs, "submit": outputs}
     finally:
         for name in specs:   # leave nothing queued behind a failed test

@@ -47,7 +47,7 @@ class RunShape:
         d["lora_targets"] = sorted(self.lora_targets)
         return d
 
-    def same_model(self, other: "RunShape") -> bool:
+    def same_model(self, other: RunShape) -> bool:
         return (self.model, self.quantization, self.dtype) == (other.model, other.quantization, other.dtype)
 
 

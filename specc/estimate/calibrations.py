@@ -6,7 +6,7 @@ working directory, the repository root, like generated/ and runs/):
     {
       "format_version": 1,
       "device_key": "local-cpu",
-      "entries": {                          # one per run shape (specc.lifecycle.shape.RunShape.key)
+      "entries": {                          # one per run shape (specc.estimate.shape.RunShape.key)
         "<shape key>": {
           "shape": {...},                   # the RunShape fields
           "measured": {"at", "host", "backend", "device", "specc_version", "steps", "warmup_steps"},
@@ -34,6 +34,8 @@ import statistics
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+
+from specc.fmt import rounded_floats
 
 FORMAT_VERSION = 1
 MAX_ACCURACY_RECORDS = 20     # per shape: the newest are kept
@@ -73,7 +75,7 @@ class CalibrationFile:
     def to_json(self) -> str:
         data = {"format_version": FORMAT_VERSION, "device_key": self.device_key,
                 "entries": self.entries, "accuracy": self.accuracy}
-        return json.dumps(_rounded(data), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        return json.dumps(rounded_floats(data), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,16 +88,6 @@ class CalibrationFile:
         records = [r for r in self.accuracy.get(shape_key, []) if r.get("run") != record.get("run")]
         records.append(record)
         self.accuracy[shape_key] = records[-MAX_ACCURACY_RECORDS:]
-
-
-def _rounded(obj):
-    if isinstance(obj, float):
-        return float(f"{obj:.6g}")
-    if isinstance(obj, dict):
-        return {k: _rounded(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_rounded(v) for v in obj]
-    return obj
 
 
 def load_calibration(key: str, directory: str | Path | None = None) -> CalibrationFile | None:
