@@ -15,9 +15,11 @@ Two figures, both as medians over all steps after the first `--skip` of each seg
 2. engine time outside the backend per step (that interval minus the time spent inside
    forward_backward and optimizer_step), ÷ the bare step time. This one is much less sensitive to
    machine load, since it does not subtract two noisy step times.
-Target: overhead ≤ 3 %.
+Target: overhead ≤ 3 %. With --no-tensorboard-variant a third loop runs the engine with its TensorBoard
+mirror switched off (a diagnostic). Unless --no-pieces, each per-step piece of the loop is then timed alone.
 
-Usage: python bench/engine_overhead.py [--steps 200] [--reps 4] [--threads 1] [--batch-size 8] [--profile]
+Usage: python bench/engine_overhead.py [--steps 200] [--reps 8] [--threads 1] [--batch-size 8]
+       [--no-tensorboard-variant] [--no-pieces] [--profile]
 """
 from __future__ import annotations
 
@@ -123,12 +125,14 @@ def pieces(root: Path, base_cfg) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--reps", type=int, default=4)
+    ap.add_argument("--reps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--skip", type=int, default=5, help="steps dropped at the start of each segment")
     ap.add_argument("--profile", action="store_true", help="cProfile one extra engine segment, print the top")
     ap.add_argument("--no-pieces", action="store_true", help="skip timing the engine's per-step pieces one by one")
+    ap.add_argument("--no-tensorboard-variant", action="store_true",
+                    help="add a third loop: the engine with its TensorBoard mirror switched off (diagnostic)")
     args = ap.parse_args()
 
     import torch
@@ -150,25 +154,35 @@ def main() -> None:
     m = machine()
     print(f"# {m['cpu']}, {m['cores']} cores, torch threads {torch.get_num_threads()}; {args.steps} steps per segment, "
           f"batch {args.batch_size}; work dir {root}")
-    print(f"{'rep':>3} {'loop':6} {'median ms/step':>14} {'mean ms/step':>12} {'outside backend ms':>18}  load")
-    res = {"engine": [], "bare": [], "outside": []}
+    print(f"{'rep':>3} {'loop':11} {'median ms/step':>14} {'mean ms/step':>12} {'outside backend ms':>18}  load")
+    kinds = ["engine", "bare"] + (["engine-notb"] if args.no_tensorboard_variant else [])
+    res: dict[str, list[float]] = {}
 
     def segment(rep: int, which: str, profile: bool = False):
+        import specc.engine.metrics as metrics_mod
+
         cfg = replace(base_cfg, output_dir=root / "runs" / f"{which}-{rep}")
         s = open_session(cfg, RunOptions(resume="never"), Console(file=io.StringIO()))
         stamps = Stamps(s.backend)
-        if which == "engine":
-            if profile:
-                import cProfile
-                import pstats
-                pr = cProfile.Profile()
-                pr.enable()
-                train(s)
-                pr.disable()
-                pstats.Stats(pr).sort_stats("cumulative").print_stats(35)
-                return None
-            # the step-0 evaluation happens before the first step and is not in any interval
-            train(s)
+        if which.startswith("engine"):
+            original = metrics_mod._TensorBoard.__init__
+            if which == "engine-notb":   # diagnostic: the engine without its TensorBoard mirror
+                def no_writer(self, logdir, resume_step):
+                    self._writer = None
+                metrics_mod._TensorBoard.__init__ = no_writer
+            try:
+                if profile:
+                    import cProfile
+                    import pstats
+                    pr = cProfile.Profile()
+                    pr.enable()
+                    train(s)
+                    pr.disable()
+                    pstats.Stats(pr).sort_stats("cumulative").print_stats(35)
+                    return None
+                train(s)   # the step-0 evaluation happens before the first step: in no interval
+            finally:
+                metrics_mod._TensorBoard.__init__ = original
             return stamps
         stream = BatchStream(s.data.train_plan)
         batches = [next(stream) for _ in range(s.total_steps)]
@@ -181,29 +195,32 @@ def main() -> None:
         return stamps
 
     for rep in range(args.reps):
-        order = ("engine", "bare") if rep % 2 == 0 else ("bare", "engine")
-        for which in order:
+        k = rep % len(kinds)
+        for which in kinds[k:] + kinds[:k]:   # rotate who goes first
             st = segment(rep, which)
+            # intervals run from one step start to the next, so the final step (and the final
+            # evaluation after it) is in none of them
             iv, outside = st.per_step(args.skip)
-            if which == "engine":
-                # the last interval of the engine holds the final evaluation: per_step already drops it
-                # (intervals are between consecutive step starts, so the final step has none).
-                res["outside"].append(statistics.median(outside))
-            res[which].append(statistics.median(iv))
-            print(f"{rep:>3} {which:6} {statistics.median(iv) * 1e3:>14.2f} {statistics.mean(iv) * 1e3:>12.2f} "
-                  f"{statistics.median(outside) * 1e3:>18.3f}  {load_str()}", flush=True)
+            res.setdefault(which, []).append(statistics.median(iv))
             res.setdefault(which + "_mean", []).append(statistics.mean(iv))
-    e, b = statistics.median(res["engine"]), statistics.median(res["bare"])
-    o = statistics.median(res["outside"])
-    pairs = [x / y - 1 for x, y in zip(res["engine"], res["bare"])]
+            res.setdefault(which + "_outside", []).append(statistics.median(outside))
+            print(f"{rep:>3} {which:11} {statistics.median(iv) * 1e3:>14.2f} {statistics.mean(iv) * 1e3:>12.2f} "
+                  f"{statistics.median(outside) * 1e3:>18.3f}  {load_str()}", flush=True)
+    b = statistics.median(res["bare"])
+    bm = statistics.median(res["bare_mean"])
     print()
-    print("| figure | engine | bare loop | overhead |")
-    print("|---|---|---|---|")
-    print(f"| median time per step | {e * 1e3:.2f} ms | {b * 1e3:.2f} ms | {100 * (e / b - 1):+.2f} % "
-          f"(per pair: {', '.join(f'{100 * p:+.1f}' for p in pairs)}) |")
-    em, bm = statistics.median(res["engine_mean"]), statistics.median(res["bare_mean"])
-    print(f"| mean time per step | {em * 1e3:.2f} ms | {bm * 1e3:.2f} ms | {100 * (em / bm - 1):+.2f} % |")
-    print(f"| engine time outside the backend per step | {o * 1e3:.3f} ms | — | {100 * o / b:.2f} % of a bare step |")
+    print("| loop | median time per step | vs bare: ratio of medians | vs bare: median of per-round ratios (per round) "
+          "| mean time per step | time outside the backend per step |")
+    print("|---|---|---|---|---|---|")
+    print(f"| bare | {b * 1e3:.2f} ms | — | — | {bm * 1e3:.2f} ms | {statistics.median(res['bare_outside']) * 1e3:.3f} ms |")
+    for which in kinds:
+        if which == "bare":
+            continue
+        e, em, o = (statistics.median(res[which + x]) for x in ("", "_mean", "_outside"))
+        pairs = [x / y - 1 for x, y in zip(res[which], res["bare"])]
+        print(f"| {which} | {e * 1e3:.2f} ms | {100 * (e / b - 1):+.2f} % | {100 * statistics.median(pairs):+.2f} % "
+              f"({', '.join(f'{100 * p:+.1f}' for p in pairs)}) | {em * 1e3:.2f} ms ({100 * (em / bm - 1):+.2f} %) | "
+              f"{o * 1e3:.3f} ms = {100 * o / b:.2f} % of a bare step |")
     print("target: <= 3 %")
     if not args.no_pieces:
         pieces(root, base_cfg)

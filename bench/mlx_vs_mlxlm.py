@@ -19,9 +19,11 @@ Tokens are non-padding tokens processed:
           recovered exactly from each report's tokens_sec and window token count). mlx-lm's own
           "Tokens/sec" counts only the loss-masked tokens (with mask_prompt: the completion), so it
           is printed too but not used for the ratio. Also shown: train() wall time minus evaluation.
-A first untimed pair warms MLX's on-disk CPU kernel cache (/tmp/mlx/...) for both.
+A first untimed round warms MLX's on-disk CPU kernel cache (/tmp/mlx/...) for everyone. A third
+contender (unless --no-equal-examples), "mlx_lm-eq", is mlx_lm with as many examples per step as one of
+specc's packed batches holds on average. The order of the contenders rotates every repetition.
 
-Usage: python bench/mlx_vs_mlxlm.py [--steps 30] [--reps 3] [--threads 1] [--batch-size 4]
+Usage: python bench/mlx_vs_mlxlm.py [--steps 40] [--reps 4] [--threads 1] [--batch-size 4]
 """
 from __future__ import annotations
 
@@ -33,8 +35,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (PYTHON, SPECC, builtin_paths, docs_per_batch, load_str, machine, median, read_json,  # noqa: E402
-                     run_child, tail, thread_env, write_spec)
+from _common import (  # noqa: E402
+    PYTHON,
+    SPECC,
+    builtin_paths,
+    docs_per_batch,
+    load_str,
+    machine,
+    median,
+    read_json,
+    run_child,
+    tail,
+    thread_env,
+    write_spec,
+)
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MLX_KEYS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -116,8 +130,8 @@ def mlxlm_config(path: Path, *, model_dir: Path, data_dir: Path, adapters: Path,
 # ------------------------------------------------------------------------------------------ parent
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--reps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -162,7 +176,7 @@ def main() -> None:
                 spec = write_spec(work / "bench.yaml", experiment="bench-mlx", model_dir=model_dir, data=data,
                                   steps=args.steps, batch_size=args.batch_size, rank=args.rank, alpha=args.alpha,
                                   targets=TARGETS, lr=args.lr, warmup=args.warmup, max_length=args.max_length,
-                                  eval_batches=1, backend="mlx")
+                                  eval_examples=8, backend="mlx")
                 rc, wall = run_child([*SPECC, "run", str(spec), "--backend", "mlx", "--resume", "never"], work, env,
                                      work / "log.txt")
                 if rc != 0:

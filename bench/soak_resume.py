@@ -138,8 +138,8 @@ def launch(work: Path, spec: Path, threads: int, log: Path, fault: str | None) -
     env.pop("SPECC_FAULT", None)
     if fault:
         env["SPECC_FAULT"] = fault
-    fh = open(log, "w")
-    return subprocess.Popen([*SPECC, "run", str(spec)], cwd=work, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    with open(log, "w") as fh:   # the child keeps its own copy of the descriptor
+        return subprocess.Popen([*SPECC, "run", str(spec)], cwd=work, env=env, stdout=fh, stderr=subprocess.STDOUT)
 
 
 def wait_line_then_kill(proc: subprocess.Popen, metrics: Path, step: int, delay: float, timeout: float = 900) -> bool:

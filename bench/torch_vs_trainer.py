@@ -21,7 +21,12 @@ completion + eos, labels -100 on bos+prompt), DataCollatorForSeq2Seq (pads each 
 row, labels with -100), no packing, remove_unused_columns=False, report_to=[], no eval,
 save_strategy "no", lr_scheduler "cosine_with_min_lr" (min_lr_rate 0.1), optim adamw_torch_fused.
 
-Usage: python bench/torch_vs_trainer.py [--steps 200] [--reps 3] [--threads 1] [--batch-size 8]
+A third contender (unless --no-equal-examples), "trainer-eq", is the same Trainer with as many examples
+per step as one of specc's packed batches holds on average: with short examples a packed row holds
+several, so "same batch size" (rows) gives specc more examples per step; trainer-eq separates that from
+the rest. The order of the contenders rotates every repetition.
+
+Usage: python bench/torch_vs_trainer.py [--steps 150] [--reps 5] [--threads 1] [--batch-size 8]
 """
 from __future__ import annotations
 
@@ -33,8 +38,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (PYTHON, SPECC, builtin_paths, docs_per_batch, load_str, machine, median, read_json,  # noqa: E402
-                     run_child, tail, thread_env, write_spec)
+from _common import (  # noqa: E402
+    PYTHON,
+    SPECC,
+    builtin_paths,
+    docs_per_batch,
+    load_str,
+    machine,
+    median,
+    read_json,
+    run_child,
+    tail,
+    thread_env,
+    write_spec,
+)
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -46,8 +63,14 @@ def trainer_child(args) -> None:
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainerCallback,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     model_dir = args.model
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -142,8 +165,8 @@ def run_trainer(work: Path, args, model_dir: Path, train: Path, log: Path, batch
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
