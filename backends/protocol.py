@@ -41,6 +41,11 @@ class ModelSettings:
     dtype: str = "auto"             # "auto" = bf16 on CUDA, float32 on CPU; or "float32" / "bfloat16"
     gradient_checkpointing: bool = False
     device: str = "auto"            # torch: "auto" | "cpu" | "cuda"; mlx: "auto" | "cpu" | "gpu"
+    # How the step runs; a backend records what it chose in describe(). Float rounding aside, none changes a number.
+    attention: str = "auto"         # "auto" | "sdpa_varlen" | "flex" | "dense" (packed rows; see backends/torch_packed.py)
+    compile: bool = False           # torch.compile the decoder layers
+    liger: bool = False             # Liger kernels (CUDA)
+    loss_chunk: int = 4096          # target tokens per chunk of float32 logits
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ class MemoryStats:
     current_mb: float
     peak_mb: float
     source: str                     # where the figure came from, e.g. "torch.cuda.max_memory_allocated", "mlx.get_peak_memory", "rss"
+    gauges: dict[str, float] = field(default_factory=dict)   # device health for the step's metrics line, e.g. gpu_util
 
 
 @runtime_checkable

@@ -5,19 +5,22 @@ LoRA adapters with peft, runs forward/backward on batches the engine built, appl
 its trainable state to and from numpy. LoRA is peft's and quantization is bitsandbytes'; nothing
 here re-implements either.
 
-Choices worth knowing (loading and QLoRA: backends/torch_load.py; the attention mask and trimmed
-padding: backends/torch_attention.py; the NF4 layout guard: backends/torch_nf4.py):
+Choices worth knowing (loading, QLoRA, compile and Liger: backends/torch_load.py; packed attention
+without a dense mask: backends/torch_packed.py; the dense mask and trimmed padding:
+backends/torch_attention.py; the chunked loss: backends/torch_loss.py; the NF4 layout guard:
+backends/torch_nf4.py; NVML figures: backends/torch_gpu.py):
 
 * Loss. The decoder runs once; the LM head and a float32 cross-entropy run only on hidden states
-  at target positions (loss_mask[:, 1:] != 0), not on the full [B, T, vocab] logits. For model
-  types whose head is not a plain linear layer (soft-capping, logit scaling) the full forward is
-  used instead.
+  at target positions (loss_mask[:, 1:] != 0), not on the full [B, T, vocab] logits, and in chunks
+  of model.loss_chunk targets. For model types whose head is not a plain linear layer
+  (soft-capping, logit scaling) the full forward is used instead.
 * Optimizer. torch.optim.AdamW with the fused kernel (CPU and CUDA): an update depends only on
   (param, grad, state), so resuming from ``state()`` is bit-exact, and it is much faster than the
   per-tensor loop for the hundreds of small LoRA tensors of a real model.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -27,7 +30,10 @@ import numpy as np
 from backends.common import adapter_arrays, check_keys, check_shape, entries, lora_blocks, model_dir, rss_memory
 from backends.protocol import Batch, LoraSettings, MemoryStats, ModelSettings, OptimizerSettings, StepResult
 from backends.torch_attention import AttentionInputs, trim
-from backends.torch_load import enable_checkpointing, load_base, with_lora
+from backends.torch_gpu import GpuMonitor
+from backends.torch_load import apply_liger, compile_layers, enable_checkpointing, load_base, with_lora
+from backends.torch_loss import HeadLoss
+from backends.torch_packed import AttentionMode, flatten
 
 # Model types whose logits are exactly lm_head(final hidden state): the gathered-head path is exact.
 PLAIN_HEAD_MODEL_TYPES = frozenset({
@@ -53,6 +59,7 @@ class TorchBackend:
         self.optim_settings = optim
         base, self.device, self.dtype, quant, bnb_details = load_base(torch, path, model)
         self.attn_implementation = base.config._attn_implementation
+        liger = apply_liger(torch, base, self.device) if model.liger else []
 
         n_layers = int(getattr(base.config, "num_hidden_layers", 0) or 0)
         layers_to_transform = None
@@ -64,6 +71,7 @@ class TorchBackend:
             self.model = with_lora(torch, base, lora, layers_to_transform, seed)
         if model.gradient_checkpointing:
             enable_checkpointing(self._hf())
+        compiled = compile_layers(torch, self._hf()) if model.compile else 0
         self.model.train()
         self._quantized = quant == "nf4"
         self._flow_checked_after_eval = not self._quantized
@@ -92,6 +100,10 @@ class TorchBackend:
         self._decoder = hf.get_decoder() if self._plain_head else None
         self._head = hf.get_output_embeddings() if self._plain_head else None
         self._attention = AttentionInputs(torch, self.device, hf.get_input_embeddings().weight.dtype)
+        self._attn = AttentionMode(torch, model.attention, self.device, self.dtype, hf.config, self.attn_implementation,
+                                   training=lora is not None)
+        self._head_loss = HeadLoss(torch, self._head, model.loss_chunk, liger=bool(liger)) if self._plain_head else None
+        self._gpu = GpuMonitor(torch, self.device) if self.device.type == "cuda" else None
 
         total = sum(p.numel() for p in self.model.parameters())
         if quant == "nf4":
@@ -111,12 +123,20 @@ class TorchBackend:
             "lora_layers": "none (base model only)" if lora is None else
                            layers_to_transform if layers_to_transform is not None else f"all {n_layers}",
             "loss_head": "gathered targets" if self._plain_head else "full logits",
+            "loss": self._head_loss.describe() if self._head_loss else "full logits, float32 cross-entropy",
+            "loss_chunk": int(model.loss_chunk),
+            "attention": self._attn.describe(),
+            "compile": f"torch.compile on {compiled} decoder layers" if compiled else False,
+            "liger": liger or False,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "torch_threads": torch.get_num_threads(),
             "optimizer": "torch.optim.AdamW (" + ("fused" if self._fused else "single-tensor") + ")",
             "model_path": str(path),
         }
+        if self.device.type == "cuda":
+            self._described.update(gpu=torch.cuda.get_device_name(self.device), cuda=torch.version.cuda,
+                                   nvml=self._gpu.describe())
         self.model_path = path
 
     def _hf(self):
@@ -140,21 +160,36 @@ class TorchBackend:
         rows, cols = np.nonzero(w_np)
         if rows.size == 0:  # nothing to predict: skip the model entirely
             return torch.zeros((), dtype=torch.float32, device=self.device), n_targets
-        ids = torch.from_numpy(ids_np).to(self.device)
-        mask, position_ids = self._attention_inputs(batch)
         targets = torch.from_numpy(ids_np[rows, cols + 1]).to(self.device)
         weights = torch.from_numpy(w_np[rows, cols]).to(self.device)
-        r = torch.from_numpy(rows).to(self.device)
-        c = torch.from_numpy(cols).to(self.device)
-        if self._plain_head:
-            hidden = self._decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                                   use_cache=False).last_hidden_state
-            logits = self._head(hidden[r, c])
-        else:
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                                use_cache=False).logits[r, c]
+        inputs, r, c, routed = self._model_inputs(batch, ids_np, rows, cols)
+        with self._attn.active() if routed else contextlib.nullcontext():
+            if self._plain_head:
+                hidden = self._decoder(**inputs, use_cache=False).last_hidden_state
+                return self._head_loss(hidden[r, c], targets, weights), n_targets
+            logits = self.model(**inputs, use_cache=False).logits[r, c]
         ce = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
         return (ce * weights).sum(), n_targets
+
+    def _model_inputs(self, batch: Batch, ids_np: np.ndarray, rows: np.ndarray, cols: np.ndarray):
+        """(model keyword arguments, target rows, target columns, whether the chosen packed kernel runs)
+        for the attention mode (backends/torch_packed.py); dense when a batch does not fit the mode."""
+        torch, dev, mode = self._torch, self.device, self._attn.mode
+        flat = flatten(batch, rows, cols) if mode == "sdpa_varlen" else None
+        if flat is not None:   # every real token in one row; documents told by their boundaries
+            cu = torch.from_numpy(flat.cu).to(dev)
+            src = torch.from_numpy(flat.src).to(dev)
+            return (dict(input_ids=torch.from_numpy(flat.ids)[None].to(dev),
+                         position_ids=torch.from_numpy(flat.pos)[None].to(dev), cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                         max_length_q=flat.max_len, max_length_k=flat.max_len), torch.zeros_like(src), src, True)
+        ids = torch.from_numpy(ids_np).to(dev)
+        r, c = torch.from_numpy(rows).to(dev), torch.from_numpy(cols).to(dev)
+        if mode == "flex":
+            pos = torch.from_numpy(np.ascontiguousarray(batch.position_ids, dtype=np.int64)).to(dev)
+            return (dict(input_ids=ids, attention_mask=self._attn.block_mask(batch.segment_ids), position_ids=pos),
+                    r, c, True)
+        mask, position_ids = self._attention_inputs(batch)
+        return dict(input_ids=ids, attention_mask=mask, position_ids=position_ids), r, c, False
 
     # ------------------------------------------------------------ training
     def forward_backward(self, batch: Batch, scale: float) -> tuple[float, int]:
@@ -305,7 +340,8 @@ class TorchBackend:
             mb = 1024 ** 2
             return MemoryStats(torch.cuda.memory_allocated(self.device) / mb,
                                torch.cuda.max_memory_allocated(self.device) / mb,
-                               "torch.cuda.memory_allocated/max_memory_allocated")
+                               "torch.cuda.memory_allocated/max_memory_allocated",
+                               self._gpu.sample() if self._gpu is not None else {})
         return rss_memory()
 
     def describe(self) -> dict[str, object]:

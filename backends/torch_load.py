@@ -126,3 +126,31 @@ def enable_checkpointing(hf) -> None:
         hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def apply_liger(torch, base, device) -> list[str]:
+    """Liger's RMSNorm, SwiGLU and RoPE kernels on the loaded base (before peft wraps it); the names applied.
+    Its RoPE replaces a module-level function of the model type: process-wide, like Liger itself does it."""
+    if device.type != "cuda":
+        raise UserError("model.liger needs CUDA: Liger's kernels are Triton kernels",
+                        hint="set model.liger: false on the CPU", where="model.liger")
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except Exception as exc:   # not installed, or triton broken
+        raise UserError(f"model.liger: liger-kernel failed to import: {exc}",
+                        hint="pip install 'specc[cuda]' or set model.liger: false", where="model.liger") from exc
+    kinds = dict(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
+    _apply_liger_kernel_to_instance(model=base, **kinds)
+    return ["rms_norm", "swiglu", "rope", "fused_linear_cross_entropy (loss)"]
+
+
+def compile_layers(torch, hf) -> int:
+    """torch.compile every decoder layer in place (module names, and so adapter names, stay); how many.
+    The packed-attention kernels stay outside the compiled graphs (backends/torch_packed.py)."""
+    layers = getattr(getattr(hf, "model", hf), "layers", None)
+    if layers is None:
+        raise UserError("model.compile: this model has no decoder layer list (model.layers) to compile",
+                        hint="set model.compile: false", where="model.compile")
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)

@@ -15,6 +15,7 @@ from specc.errors import staged
 from specc.plan.baseline import Baseline, resolve_baseline
 from specc.plan.runs import ExperimentPlan, RunPlan
 from specc.plan.schedule import schedule_csv
+from specc.spec.model import model_section
 from specc.spec.validate import LoadedSpec
 
 COMPARATOR_TEXT = {"<": "<", "<=": "≤", ">": ">", ">=": "≥", "==": "=", "within": "within"}
@@ -173,7 +174,7 @@ def plan_markdown(loaded: LoadedSpec, plan: ExperimentPlan, source: str, baselin
             "partition": r.resources.partition, "time": r.resources.time,
         })
     first = next((r for r in plan.runs if r.kind == "train"), plan.runs[0])
-    resolved = first.spec.model_dump(mode="json")
+    resolved = dict(first.spec.model_dump(mode="json"), model=model_section(first.spec.model))
     provenance = []
     for dotted, src in first.provenance:
         value = resolved

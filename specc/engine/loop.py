@@ -82,7 +82,8 @@ def train(s: Session) -> dict:
                 progress.step_time(step_s)
                 mem = backend.memory()
                 metrics.write({"step": state.step, "loss": loss, "lr": lr, "grad_norm": result.grad_norm,
-                               "tokens": sum(b.n_tokens for b in batches), "step_s": step_s, "mem_mb": mem.current_mb})
+                               "tokens": sum(b.n_tokens for b in batches), "step_s": step_s, "mem_mb": mem.current_mb,
+                               **getattr(mem, "gauges", {})})   # gpu_util, gpu_mem_mb on CUDA (backends/torch_gpu.py)
                 fault_point("step", state.step)
                 warning = memory.check(state.step, mem.current_mb)
                 if warning and memory.first_warning():

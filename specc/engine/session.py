@@ -130,7 +130,8 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
 
     backend.setup(
         ModelSettings(path=model_dir, quantization=cfg.model.quantization, dtype=cfg.model.dtype,
-                      gradient_checkpointing=cfg.model.gradient_checkpointing),
+                      gradient_checkpointing=cfg.model.gradient_checkpointing, attention=cfg.model.attention,
+                      compile=cfg.model.compile, liger=cfg.model.liger, loss_chunk=cfg.model.loss_chunk),
         _lora_settings(cfg),
         OptimizerSettings(weight_decay=cfg.training.weight_decay, grad_clip=cfg.training.grad_clip),
         seed=cfg.training.seed,

@@ -19,7 +19,7 @@ from specc.plan.steps import StepCount, count_steps
 from specc.plan.sweep import (PLACEHOLDER, control_label, plain, point_issue, point_label, run_name, set_path,
                               valid_field_path, validate_point)
 from specc.spec.clusters import load_catalog
-from specc.spec.model import SLUG, Spec
+from specc.spec.model import SLUG, Spec, model_section
 from specc.spec.profiles import FALLBACK, PROFILES
 from specc.spec.validate import LoadedSpec
 
@@ -251,7 +251,7 @@ def _resolve(spec: Spec, catalog, located, issues: list[SpecIssue], stage, run: 
 def _trainer_config(spec: Spec, spec_dir: Path, name, kind, index, point, steps, schedule, provenance, resources,
                     test_resources) -> dict:
     """The resolved trainer config, exactly what `specc run` consumes (config.json)."""
-    model = spec.model.model_dump(mode="json")
+    model = model_section(spec.model)   # kernel choices only when chosen: older configs stay as they were
     model["path"] = _rel(spec_dir, spec.model.path)
     if kind == "control":
         model["lora"] = None     # the base model alone: a control run trains no adapter

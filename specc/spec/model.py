@@ -1,7 +1,9 @@
 """The experiment spec, modelled in pydantic v2: strict about keys, explicit about defaults.
 
 Every section forbids unknown keys. Fields left out of a spec get the defaults shown here, and
-`specc compile` writes them out in full, so a reviewer sees what will run. Fields that a profile
+`specc compile` writes them out in full, so a reviewer sees what will run; the one exception is the
+model's kernel choices (KERNEL_DEFAULTS: attention, compile, liger, loss_chunk), written only when a
+spec sets them away from their defaults (the run records what `auto` chose). Fields that a profile
 may set (batch_size, grad_accum, max_length) default to None here and are resolved by the planner,
 which records who won (spec, profile or fallback).
 """
@@ -119,6 +121,28 @@ class Model(Strict):
     gradient_checkpointing: bool = False
     lora: Lora | None = Field(default_factory=Lora, description="null only in a control run's compiled config (the "
                                                                  "base model alone)")
+    # How the step runs (speed and memory, never the numbers it computes beyond float rounding). compile
+    # writes these into config.json only when they differ from the defaults (KERNEL_DEFAULTS).
+    attention: Literal["auto", "flex", "sdpa_varlen", "dense"] = Field(
+        "auto", description="packed attention: sdpa_varlen (padding-free rows, per-document attention: flash varlen on "
+                            "CUDA), flex (FlexAttention block mask; CUDA for training), dense ([B,1,T,T] mask); auto = "
+                            "sdpa_varlen on CUDA in bf16/fp16, dense otherwise")
+    compile: bool = Field(False, description="torch.compile each decoder layer (torch backend)")
+    liger: bool = Field(False, description="Liger kernels (RMSNorm, SwiGLU, RoPE, fused linear cross-entropy); CUDA, "
+                                           "needs the cuda extra")
+    loss_chunk: int = Field(4096, ge=16, le=1_048_576, description="target tokens per chunk of float32 logits in the loss")
+
+
+KERNEL_DEFAULTS = {"attention": "auto", "compile": False, "liger": False, "loss_chunk": 4096}
+
+
+def model_section(model: Model) -> dict:
+    """The model section as compiled output shows it: the kernel choices only when set away from their defaults."""
+    out = model.model_dump(mode="json")
+    for key, default in KERNEL_DEFAULTS.items():
+        if out.get(key) == default:
+            del out[key]
+    return out
 
 
 class Data(Strict):
@@ -204,6 +228,8 @@ class Resources(Strict):
     margin_hours: float = Field(0.5, ge=0)
     max_requeues: int = Field(3, ge=0, le=100)
     signal_lead_s: int | None = Field(None, ge=10, description="seconds of warning before the time limit; null = derived")
+    memory_headroom: float = Field(0.70, gt=0, le=1, description="share of a GPU's memory the planned peak may use: "
+                                                                  "`specc plan` picks the largest batch under it")
 
     @field_validator("mem")
     @classmethod

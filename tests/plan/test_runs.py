@@ -242,3 +242,27 @@ def test_restart_is_a_fresh_schedule(write_spec, plan_spec):
     cont = {"from_run": "runs/x/main", "at_step": 50, "strategy": "restart"}
     run = plan_spec(write_spec({"continuation": cont})).runs[0]
     assert run.schedule.start_step == 0 and run.schedule.start_lr is None and run.schedule.total_steps == 100
+
+
+# --- kernel choices (model.attention, compile, liger, loss_chunk) ------------------------------
+
+def test_kernel_choices_reach_the_config_only_when_chosen(write_spec, plan_spec):
+    """Defaults leave config.json as it was (older compiled configs stay valid and identical); a choice is written."""
+    from specc.engine.config import from_dict
+
+    plain = plan_spec(write_spec()).runs[0].config["model"]
+    assert not {"attention", "compile", "liger", "loss_chunk"} & set(plain)
+    chosen = plan_spec(write_spec({"model": {"attention": "flex", "compile": True, "loss_chunk": 1024}})).runs[0].config
+    assert chosen["model"]["attention"] == "flex" and chosen["model"]["compile"] is True
+    assert chosen["model"]["loss_chunk"] == 1024 and "liger" not in chosen["model"]
+    cfg = from_dict(dict(chosen), "test")
+    assert (cfg.model.attention, cfg.model.compile, cfg.model.liger, cfg.model.loss_chunk) == ("flex", True, False, 1024)
+    assert from_dict(plan_spec(write_spec()).runs[0].config, "test").model.attention == "auto"
+
+
+def test_kernel_choices_are_validated(write_spec, spec_problems):
+    issues = spec_problems(write_spec({"model": {"attention": "flash", "loss_chunk": 4},
+                                       "resources": {"memory_headroom": 1.5}}))
+    by_path = {i.path: i for i in issues}
+    assert set(by_path) == {"model.attention", "model.loss_chunk", "resources.memory_headroom"}
+    assert "sdpa_varlen" in by_path["model.attention"].message
