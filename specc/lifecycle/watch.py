@@ -74,6 +74,7 @@ class Snapshot:
     log: Path | None = None
     alive: bool | None = None            # the process checked (this host): True / False; None: not checkable
     stale_after_s: float | None = None   # no heartbeat for this long: presumed dead
+    gpu_util: float | None = None        # median NVML utilization of the recent steps (CUDA runs), percent
 
     @property
     def advice(self) -> str:
@@ -141,6 +142,8 @@ def snapshot(run_dir: Path, now: float | None = None) -> Snapshot:
                     (now - beat) if beat else None, eta, _time_limit_s(config),
                     statistics.fmean(losses[-50:]) if losses else None, vals[-1]["val_loss"] if vals else None, best,
                     tps, steps[-1].get("mem_mb") if steps else None, log=find_log(run_dir, config.get("index")))
+    util = [r["gpu_util"] for r in recent if isinstance(r.get("gpu_util"), (int, float))]
+    snap.gpu_util = statistics.median(util) if util else None
     if not ended:
         snap.alive = process_alive(summary) if (summary or {}).get("status") == "running" else None
         snap.stale_after_s = stale_after(attempt, step_lines(attempt.lines) or steps)
@@ -168,6 +171,8 @@ def describe(s: Snapshot) -> list[str]:
         bits.append(f"{s.tokens_per_s:,.0f} tok/s")
     if s.mem_mb:
         bits.append(f"mem {s.mem_mb:,.0f} MB")
+    if s.gpu_util is not None:
+        bits.append(f"GPU {s.gpu_util:.0f}% busy")
     lines = [head + (" | " + ", ".join(bits) if bits else "")]
     timing = []
     if s.elapsed_s is not None:

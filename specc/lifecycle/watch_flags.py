@@ -7,6 +7,7 @@
     loss plateau                      investigate   loss stable but not decreasing: LR too low or a bug
     loss rising                       investigate   (stop if it keeps rising)
     throughput falling                investigate   data loading, a shared node
+    GPU utilization under 70%         investigate   data loading or host work between steps; a larger batch
     memory growing                    investigate   a leak: a longer run will OOM
     behind its time window            investigate   it will not finish in the window (checkpoint + requeue)
 """
@@ -30,6 +31,8 @@ OOM_PATTERNS = re.compile(r"CUDA out of memory|OutOfMemoryError|out of memory|Me
                           r"Out Of Memory|memory cgroup out of memory", re.IGNORECASE)
 KILLED_PATTERNS = re.compile(r"\bKilled\b|killed by signal|CANCELLED|DUE TO TIME LIMIT|Segmentation fault|"
                              r"Traceback \(most recent call last\)|NODE_FAIL", re.IGNORECASE)
+GPU_UTIL_MIN = 70.0        # median NVML utilization (metrics.jsonl gpu_util) below this is flagged
+GPU_UTIL_STEPS = 10        # over at least this many recent steps (the first 3 of a run are warm-up)
 NAN_PATTERNS = re.compile(r"loss (?:=|:|is) ?nan|loss (?:=|:|is) ?inf|non-finite", re.IGNORECASE)
 
 
@@ -98,6 +101,7 @@ def run_flags(s: Snapshot, config: dict, summary: dict | None, records: list[dic
     if summary is None:
         flags += liveness_flags(s, current, log_text)
     flags += _trend_flags(s, config, summary, steps)
+    flags += gpu_flags(steps)
     alive = not any(f.kind == "killed" for f in flags)
     if summary is None and alive and s.eta_s is not None and s.elapsed_s is not None:
         flags += _window_flags(s, config)
@@ -165,6 +169,20 @@ def _trend_flags(s: Snapshot, config: dict, summary: dict | None, steps: list[di
                 flags.append(Flag("memory", INVESTIGATE, f"memory grew {100 * (m1 / m0 - 1):.0f}% ({m0:.0f} → "
                                                          f"{m1:.0f} MB): a leak will OOM a longer run"))
     return flags
+
+
+def gpu_flags(steps: list[dict], recent: int = 50) -> list[Flag]:
+    """A GPU that waits: the median NVML utilization of the recent steps (CUDA runs log gpu_util) under 70%."""
+    util = [r["gpu_util"] for r in steps[3:] if isinstance(r.get("gpu_util"), (int, float))][-recent:]
+    if len(util) < GPU_UTIL_STEPS:
+        return []
+    median = statistics.median(util)
+    if median >= GPU_UTIL_MIN:
+        return []
+    return [Flag("gpu_util", INVESTIGATE, f"GPU utilization {median:.0f}% (median of the last {len(util)} steps, under "
+                                          f"{GPU_UTIL_MIN:.0f}%): the GPU waits. Check data loading and host work "
+                                          "between steps (tokenization, logging, checkpoints), then raise the batch "
+                                          "size (keep batch × accum; `specc plan` sizes it for the memory)")]
 
 
 def _window_flags(s: Snapshot, config: dict) -> list[Flag]:

@@ -118,3 +118,24 @@ def test_sweep_array_task_log(in_tmp):
     assert s.log.name == "e-999_3.out"
     (flag,) = s.flags
     assert flag.kind == "killed" and "CANCELLED" in flag.message
+
+
+def test_gpu_waiting_is_flagged_with_the_seeds_advice(in_tmp):
+    """CUDA runs log NVML utilization (gpu_util) per step; a median under 70% is worth investigating."""
+    runs = in_tmp / "runs"
+
+    def with_util(util):
+        return [dict(r, gpu_util=util(r["step"])) if "loss" in r else r for r in step_records(60)]
+
+    idle = write_run(runs, "e", "idle", records=with_util(lambda i: 45.0 if i > 3 else 5.0))
+    busy = write_run(runs, "e", "busy", records=with_util(lambda i: 96.0 if i > 3 else 5.0))
+    cpu = write_run(runs, "e", "cpu", records=step_records(60))   # no gpu_util: nothing to judge
+    s = snapshot(idle)
+    assert kinds(s) == {"gpu_util"} and s.advice == INVESTIGATE and s.gpu_util == 45.0
+    msg = s.flags[0].message
+    assert "GPU utilization 45%" in msg and "data loading" in msg and "batch size" in msg
+    assert not snapshot(busy).flags and snapshot(busy).gpu_util == 96.0
+    assert not snapshot(cpu).flags and snapshot(cpu).gpu_util is None
+    result = _cli("watch", str(idle), "--once")
+    assert result.exit_code == EXIT_INVESTIGATE and "[INVESTIGATE] gpu_util" in result.output
+    assert "GPU 45% busy" in result.output
