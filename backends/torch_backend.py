@@ -104,6 +104,7 @@ class TorchBackend:
                                    training=lora is not None)
         self._head_loss = HeadLoss(torch, self._head, model.loss_chunk, liger=bool(liger)) if self._plain_head else None
         self._gpu = GpuMonitor(torch, self.device) if self.device.type == "cuda" else None
+        self._autocast = bool(self.params) and self.dtype in (torch.bfloat16, torch.float16)
 
         total = sum(p.numel() for p in self.model.parameters())
         if quant == "nf4":
@@ -126,6 +127,8 @@ class TorchBackend:
             "loss": self._head_loss.describe() if self._head_loss else "full logits, float32 cross-entropy",
             "loss_chunk": int(model.loss_chunk),
             "attention": self._attn.describe(),
+            "lora_compute": (f"{str(self.dtype).removeprefix('torch.')} (autocast; float32 weights, gradients, AdamW)"
+                             if self._autocast else "float32"),
             "compile": f"torch.compile on {compiled} decoder layers" if compiled else False,
             "liger": liger or False,
             "torch": torch.__version__,
@@ -162,34 +165,46 @@ class TorchBackend:
             return torch.zeros((), dtype=torch.float32, device=self.device), n_targets
         targets = torch.from_numpy(ids_np[rows, cols + 1]).to(self.device)
         weights = torch.from_numpy(w_np[rows, cols]).to(self.device)
-        inputs, r, c, routed = self._model_inputs(batch, ids_np, rows, cols)
-        with self._attn.active() if routed else contextlib.nullcontext():
+        inputs, r, c = self._model_inputs(batch, ids_np, rows, cols)
+        with self._lora_autocast():
             if self._plain_head:
                 hidden = self._decoder(**inputs, use_cache=False).last_hidden_state
-                return self._head_loss(hidden[r, c], targets, weights), n_targets
-            logits = self.model(**inputs, use_cache=False).logits[r, c]
+            else:
+                logits = self.model(**inputs, use_cache=False).logits[r, c]
+        if self._plain_head:
+            return self._head_loss(hidden[r, c], targets, weights), n_targets
         ce = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
         return (ce * weights).sum(), n_targets
 
+    def _lora_autocast(self):
+        """bf16/fp16 models: the LoRA matmuls in the compute dtype (torch.autocast; weights, gradients and AdamW
+        stay float32), as mixed precision does it. Without it peft runs them in float32 on a float32 copy of
+        each adapted layer's input, which backward keeps: half of all activation memory. Activation
+        checkpointing recomputes under the same autocast state."""
+        if not self._autocast:
+            return contextlib.nullcontext()
+        return self._torch.autocast(self.device.type, dtype=self.dtype)
+
     def _model_inputs(self, batch: Batch, ids_np: np.ndarray, rows: np.ndarray, cols: np.ndarray):
-        """(model keyword arguments, target rows, target columns, whether the chosen packed kernel runs)
-        for the attention mode (backends/torch_packed.py); dense when a batch does not fit the mode."""
+        """(model keyword arguments, target rows, target columns) for the attention mode
+        (backends/torch_packed.py); the dense mask when a batch does not fit the mode."""
         torch, dev, mode = self._torch, self.device, self._attn.mode
         flat = flatten(batch, rows, cols) if mode == "sdpa_varlen" else None
         if flat is not None:   # every real token in one row; documents told by their boundaries
             cu = torch.from_numpy(flat.cu).to(dev)
             src = torch.from_numpy(flat.src).to(dev)
+            n = int(flat.ids.size)
             return (dict(input_ids=torch.from_numpy(flat.ids)[None].to(dev),
+                         attention_mask=torch.ones(1, n, dtype=torch.bool, device=dev),   # no padding: no mask built
                          position_ids=torch.from_numpy(flat.pos)[None].to(dev), cu_seq_lens_q=cu, cu_seq_lens_k=cu,
-                         max_length_q=flat.max_len, max_length_k=flat.max_len), torch.zeros_like(src), src, True)
+                         max_length_q=flat.max_len, max_length_k=flat.max_len), torch.zeros_like(src), src)
         ids = torch.from_numpy(ids_np).to(dev)
         r, c = torch.from_numpy(rows).to(dev), torch.from_numpy(cols).to(dev)
         if mode == "flex":
             pos = torch.from_numpy(np.ascontiguousarray(batch.position_ids, dtype=np.int64)).to(dev)
-            return (dict(input_ids=ids, attention_mask=self._attn.block_mask(batch.segment_ids), position_ids=pos),
-                    r, c, True)
+            return dict(input_ids=ids, attention_mask=self._attn.block_mask(batch.segment_ids), position_ids=pos), r, c
         mask, position_ids = self._attention_inputs(batch)
-        return dict(input_ids=ids, attention_mask=mask, position_ids=position_ids), r, c, False
+        return dict(input_ids=ids, attention_mask=mask, position_ids=position_ids), r, c
 
     # ------------------------------------------------------------ training
     def forward_backward(self, batch: Batch, scale: float) -> tuple[float, int]:

@@ -15,15 +15,17 @@
 * ``auto``: sdpa_varlen where the flash varlen kernel runs (CUDA, bf16/fp16), dense otherwise.
 
 The kernels replace only the attention product of models whose attention is plain scaled dot-product
-(SUPPORTED_MODEL_TYPES, no sliding window, no attention dropout); any other model keeps dense, and asking
-for another mode there is an error, never a silently different model. The model's attention
-implementation is switched to ``specc_varlen`` / ``specc_flex`` only while the backend's own forward runs
-(``AttentionMode.active``); any other call of the model (a probe, generation) sees sdpa/eager as loaded.
+(SUPPORTED_MODEL_TYPES loaded with sdpa, no sliding window, no attention dropout); any other model keeps
+dense, and asking for another mode there is an error, never a silently different model. The model's
+attention implementation becomes ``specc_varlen`` / ``specc_flex`` for good (so activation checkpointing
+recomputes a layer with the very kernel and inputs of its forward pass); registered with sdpa's mask
+function, a call that carries no document boundaries (an NF4 probe, generation with padding or a cache)
+gets exactly sdpa, mask and all. The backend's own calls pass a 2-D all-ones padding mask, so
+transformers builds no mask for them (none is needed, and it would not infer packing from positions).
 Tests: tests/backends/test_torch_packed.py checks loss and gradients against the dense path.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 from dataclasses import dataclass
 
@@ -72,8 +74,8 @@ def unsupported(config, attn_implementation: str) -> str | None:
     kind = getattr(config, "model_type", None)
     if kind not in SUPPORTED_MODEL_TYPES:
         return f"model type {kind!r} is not one whose attention is plain scaled dot-product"
-    if attn_implementation not in ("sdpa", "eager"):
-        return f"it loaded with attention implementation {attn_implementation!r}"
+    if attn_implementation != "sdpa":
+        return f"it loaded with attention implementation {attn_implementation!r}, not sdpa"
     window = getattr(config, "sliding_window", None)
     if window and getattr(config, "use_sliding_window", True) is not False:
         return f"it uses sliding-window attention ({window})"
@@ -113,8 +115,14 @@ class AttentionMode:
             self.mode = requested
         self.requested = requested
         self.flash = flash and self.mode == "sdpa_varlen"
-        if self.mode != "dense":
-            register(torch)
+        self.use(self.mode)
+
+    def use(self, mode: str) -> None:
+        """Route the model's attention to `mode`'s kernel (set once at setup; tests switch it)."""
+        self.mode = mode
+        if mode != "dense":
+            register(self._torch)
+        self.config._attn_implementation = {"dense": self.loaded, "sdpa_varlen": VARLEN_NAME, "flex": FLEX_NAME}[mode]
 
     def describe(self) -> dict[str, object]:
         kernel = {"dense": f"{self.loaded} with a [B, 1, T, T] additive mask",
@@ -124,19 +132,6 @@ class AttentionMode:
                   else "scaled_dot_product_attention per document (is_causal)"}[self.mode]
         return {"requested": self.requested, "mode": self.mode, "kernel": kernel,
                 "layout": "padding-free [1, N]" if self.mode == "sdpa_varlen" else "[B, T] rows"}
-
-    @contextlib.contextmanager
-    def active(self):
-        """Route attention through the chosen kernel for the duration of one backend forward."""
-        if self.mode == "dense":
-            yield
-            return
-        config = self.config
-        config._attn_implementation = VARLEN_NAME if self.mode == "sdpa_varlen" else FLEX_NAME
-        try:
-            yield
-        finally:
-            config._attn_implementation = self.loaded
 
     def block_mask(self, seg: np.ndarray):
         """The document-causal BlockMask of [B, T] segment ids (padding, segment 0, sees only earlier padding)."""
@@ -156,18 +151,27 @@ _registered = False
 
 
 def register(torch) -> None:
-    """Add the two kernels to transformers' attention registry (once per process). No mask function is
-    registered with them: transformers then builds no mask, and the kernels take the documents themselves."""
+    """Add the two kernels to transformers' attention registry, with sdpa's mask function (once per process)."""
     global _registered
     if _registered:
         return
     from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
     # Outside torch.compile's graphs (model.compile compiles the layers around them): the per-document
     # loop and the host-side boundaries would otherwise recompile for every batch.
     AttentionInterface.register(VARLEN_NAME, torch.compiler.disable(_varlen_forward))
     AttentionInterface.register(FLEX_NAME, torch.compiler.disable(_flex_forward))
+    for name in (VARLEN_NAME, FLEX_NAME):
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
     _registered = True
+
+
+def _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs):
+    """transformers' own sdpa attention: what a call without document boundaries gets."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
 
 def _varlen_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cu_seq_lens_q=None,
@@ -175,8 +179,8 @@ def _varlen_forward(module, query, key, value, attention_mask, scaling=None, dro
     """[1, H, N, D] query (and GQA key/value) → [1, N, H, D]: causal attention within each document."""
     import torch
 
-    if cu_seq_lens_q is None:
-        raise RuntimeError("specc_varlen attention was called without document boundaries (cu_seq_lens_q)")
+    if cu_seq_lens_q is None:   # not the backend's own call: plain sdpa with transformers' mask
+        return _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     hq, hk, d = query.shape[1], key.shape[1], query.shape[-1]
     scale = scaling if scaling is not None else d ** -0.5
     kernel = _varlen_kernel(torch) if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) else None
@@ -218,8 +222,8 @@ def _flex_forward(module, query, key, value, attention_mask, scaling=None, dropo
     import torch
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-    if not isinstance(attention_mask, BlockMask):
-        raise RuntimeError("specc_flex attention was called without its BlockMask")
+    if not isinstance(attention_mask, BlockMask):   # not the backend's own call: plain sdpa
+        return _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     fn = flex_attention
     if query.is_cuda:   # the eager form materialises every score: compiled, it is the fused kernel
         if _flex_compiled is None:

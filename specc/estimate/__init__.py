@@ -12,6 +12,7 @@ no transformers, no runs/ at compile time (priors read runs/ for `specc plan` on
 - priors.py: finished runs in runs/ as priors, scaled and marked; their memory
 - evidence.py: which finished runs measured what they planned (priors, time accuracy)
 - fit.py: the time window, the batch for a GPU, GPU-hours
+- memory.py: peak GPU memory of a run shape before it runs (formula, calibrated), the largest batch
 - attach.py: estimates into a compiled plan (config.json, --time, --signal)
 - markdown.py: plan.md's "## Estimates"
 """

@@ -14,7 +14,9 @@ working directory, the repository root, like generated/ and runs/):
           "overheads": {"import_s", "model_load_s", "data_s", "data_tokens", "warmup_extra_s",
                         "eval_prepare_s", "eval_batch_s", "checkpoint_s", "export_s", "step_overhead_s",
                         "finish_s"},
-          "memory": {"peak_mb", "fixed_mb", "source"},
+          "memory": {"peak_mb", "fixed_mb", "source", "batch_size",
+                     # CUDA only: allocator reserved and NVML peaks, the CUDA context, the memory model's figure
+                     "reserved_mb", "device_mb", "context_mb", "formula_mb", "formula_error"},
           "data": {"train", "valid", "format", "stride", "seed", "batches_per_epoch",
                    "tokens_per_epoch", "valid_batches"}   # facts that hold only for this data
         }

@@ -26,7 +26,7 @@ from specc.rundir import RUNS_ROOT, iter_jsonl, read_json, summarised_runs
 QUANT_BYTES = {"nf4": 0.55, "none": 2.0}   # bytes per base weight (nf4 ≈ 4.4 bits with its scales)
 SHAPE_FIELDS = (("model", "model"), ("max_length", "max_length"), ("batch_size", "batch"), ("grad_accum", "accum"),
                 ("lora_rank", "LoRA rank"), ("lora_targets", "LoRA targets"), ("lora_layers", "LoRA layers"),
-                ("packing", "packing"))
+                ("packing", "packing"), ("kernels", "kernel choices"))
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,8 @@ def shape_differences(old: RunShape, new: RunShape) -> list[str]:
         a, b = getattr(old, attr), getattr(new, attr)
         if attr == "lora_targets":
             a, b = ",".join(sorted(a)) or "default", ",".join(sorted(b)) or "default"
+        elif attr == "kernels":
+            a, b = a or "defaults", b or "defaults"
         if a != b:
             out.append(f"{label} {a} → {b}")
     return out

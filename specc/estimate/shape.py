@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
+from specc.spec.model import KERNEL_DEFAULTS
+
 
 @dataclass(frozen=True)
 class RunShape:
@@ -26,6 +28,7 @@ class RunShape:
     grad_accum: int
     max_length: int
     packing: bool
+    kernels: str = ""            # model.attention/compile/liger/loss_chunk set away from their defaults ("" = none)
 
     @property
     def key(self) -> str:
@@ -35,12 +38,13 @@ class RunShape:
             f"lora={self.lora_rank}:{','.join(sorted(self.lora_targets))}:{self.lora_layers or 'all'}",
             f"batch={self.batch_size}", f"accum={self.grad_accum}", f"max_length={self.max_length}",
             f"packing={int(self.packing)}",
-        ))
+        ) + ((f"kernels={self.kernels}",) if self.kernels else ()))   # older keys stay as they were
 
     def label(self) -> str:
         """Short, for tables: what usually differs between shapes."""
         return (f"{self.model} r{self.lora_rank} b{self.batch_size}×{self.grad_accum} L{self.max_length}"
-                + ("" if self.packing else " unpacked") + (f" {self.quantization}" if self.quantization != "none" else ""))
+                + ("" if self.packing else " unpacked") + (f" {self.quantization}" if self.quantization != "none" else "")
+                + (f" {self.kernels}" if self.kernels else ""))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -61,7 +65,12 @@ def shape_of_config(config: dict) -> RunShape:
         lora_rank=int(lora.get("rank", 8)), lora_targets=tuple(lora.get("target_modules") or ()),
         lora_layers=lora.get("layers"), batch_size=int(t["batch_size"]), grad_accum=int(t["grad_accum"]),
         max_length=int(d["max_length"]), packing=bool(d.get("packing", True)),
+        kernels=",".join(f"{k}={_text(m[k])}" for k in KERNEL_DEFAULTS if k in m and m[k] != KERNEL_DEFAULTS[k]),
     )
+
+
+def _text(value) -> str:
+    return str(int(value)) if isinstance(value, bool) else str(value)
 
 
 def device_key(resources: dict) -> str:

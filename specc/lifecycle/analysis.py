@@ -53,7 +53,8 @@ def check_model(path: str) -> ModelReport:
         return ModelReport(path, None, False, getattr(exc, "message", str(exc)), getattr(exc, "hint", "") or "",
                            available=_candidates(parent) if parent and parent.is_dir() else [])
     arch = {k: config.get(k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
-                                       "intermediate_size", "max_position_embeddings") if k in config}
+                                       "intermediate_size", "max_position_embeddings", "num_key_value_heads",
+                                       "head_dim", "tie_word_embeddings") if k in config}
     return ModelReport(path, resolved, True, params=param_count(config), arch=arch)
 
 

@@ -126,6 +126,44 @@ def intra_op_threads(backend: str) -> int | None:
     return None
 
 
+def memory_parts(config: dict, records: list[dict], m: Measured) -> dict:
+    """What the calibration measured of memory: the peak and the part held after load (every backend); on
+    CUDA also the micro-batch it was measured at, what torch's allocator reserved and NVML saw at most, the
+    CUDA context (NVML − reserved), and the memory model's figure for this shape beside it
+    (specc/estimate/memory.py: `specc plan` scales the formula to this peak)."""
+    peak = m.summary.get("peak_mem_mb") or m.memory.peak_mb
+    out = {"peak_mb": peak, "fixed_mb": m.backend.fixed_mb, "source": m.memory.source,
+           "batch_size": int(config["training"]["batch_size"])}
+    if not str(m.describe.get("device", "")).startswith("cuda"):
+        return out
+
+    def most(key):
+        values = [r[key] for r in records if isinstance(r.get(key), (int, float))]
+        return max(values) if values else None
+
+    reserved, device = most("cuda_reserved_mb"), most("gpu_mem_mb")
+    out.update(reserved_mb=reserved, device_mb=device)
+    if reserved and device and device > reserved:
+        out["context_mb"] = device - reserved
+    formula = _formula_peak_mb(config, m.describe)
+    if formula:
+        out.update(formula_mb=formula, formula_error=peak / formula - 1)
+    return out
+
+
+def _formula_peak_mb(config: dict, describe: dict) -> float | None:
+    import json
+    from pathlib import Path
+
+    from specc.estimate.memory import Arch, estimate_memory
+
+    try:
+        arch = Arch.from_config(json.loads((Path(str(describe.get("model_path"))) / "config.json").read_text()))
+    except (OSError, ValueError):
+        return None
+    return estimate_memory(config, arch).peak_mb if arch else None
+
+
 @dataclass
 class Measured:
     """What one calibration run left behind: its metrics lines and summary, the proxy's marks, and timings
@@ -203,8 +241,7 @@ def calibration_entry(run, m: Measured, *, backend_name: str, reason: str, steps
                       "warmup_extra_s": warmup_extra, "eval_prepare_s": m.eval_prepare_s, "eval_batch_s": eval_batch_s,
                       "checkpoint_s": checkpoint_s, "export_s": export_s, "step_overhead_s": step_overhead,
                       "finish_s": finish_s},
-        "memory": {"peak_mb": m.summary.get("peak_mem_mb") or m.memory.peak_mb, "fixed_mb": backend.fixed_mb,
-                   "source": m.memory.source},
+        "memory": memory_parts(run.config, records, m),
         "data": {"train": data.get("train"), "valid": data.get("valid"), "format": data.get("format"),
                  "stride": data.get("stride"), "batches_per_epoch": m.batches_per_epoch,
                  "tokens_per_epoch": m.tokens_per_epoch,

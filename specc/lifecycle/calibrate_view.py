@@ -22,6 +22,14 @@ def shared_machine_warnings(results: list) -> list[str]:
     return out
 
 
+def _peak(mem: dict) -> str:
+    """The measured peak, and on CUDA the memory model's figure beside it (specc/estimate/memory.py)."""
+    text = f"{mem['peak_mb']:,.0f} MB"
+    if mem.get("formula_mb"):
+        text += f" (formula {mem['formula_mb']:,.0f}, {100 * mem['formula_error']:+.1f}%)"
+    return text
+
+
 def calibration_lines(path: Path, results: list) -> Iterator:
     t = Table(title=f"Calibration → {path}", title_justify="left")
     for c in ("run (shape)", "tokens/s", "step", "± stdev", "peak mem", "startup", "eval batch", "checkpoint", "device"):
@@ -30,7 +38,7 @@ def calibration_lines(path: Path, results: list) -> Iterator:
         e = r.entry
         o, thr = e["overheads"], e["throughput"]
         t.add_row(markup_safe(r.run), f"{thr['tokens_per_s']:,.0f}", f"{thr['step_s']:.3f} s",
-                  f"{thr['step_s_stdev']:.3f} s", f"{e['memory']['peak_mb']:,.0f} MB",
+                  f"{thr['step_s_stdev']:.3f} s", _peak(e["memory"]),
                   fmt_duration(o["import_s"] + o["model_load_s"] + o["data_s"]), f"{o['eval_batch_s']:.3f} s",
                   f"{o['checkpoint_s']:.2f} s", markup_safe(e["measured"]["device_text"]))
     yield t

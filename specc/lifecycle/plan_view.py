@@ -30,6 +30,7 @@ def plan_lines(rep: PlanReport) -> Iterator:
         yield from _model_lines(rep)
         yield from _data_lines(rep)
     yield from _estimate_lines(rep)
+    yield from _memory_lines(rep)
     yield from _fit_lines(rep)
     if p.spec.sweep is not None:
         yield ""
@@ -113,6 +114,32 @@ def _estimate_lines(rep: PlanReport) -> Iterator:
         yield ("  breakdown (" + markup_safe(first.name) + "): "
                + ", ".join(f"{k} {fmt_duration(v)}" for k, v in e.parts.items()))
     for note in rep.notes:
+        yield f"  note: {markup_safe(note)}"
+
+
+def _memory_lines(rep: PlanReport) -> Iterator:
+    """Peak GPU memory of the first training run, part by part, before it runs (specc/estimate/memory.py)."""
+    m = rep.memory
+    if m is None:
+        return
+    first = rep.first_train
+    t = _table(f"Peak GPU memory before the run ({markup_safe(first.name)}, micro-batch {m.batch_size})",
+               ("part", "GB"))
+    for part, mb in m.parts.items():
+        t.add_row(part, f"{mb / 1024:,.2f}")
+    t.add_row("[bold]on the GPU[/]", f"[bold]{m.device_mb / 1024:,.2f}[/]")
+    yield ""
+    yield t
+    yield (f"  peak allocated (torch.cuda.max_memory_allocated): training {m.train_peak_mb / 1024:,.2f} GB, evaluation "
+           f"{m.eval_peak_mb / 1024:,.2f} GB")
+    if rep.memory_gpu:
+        gpu, gb, headroom = rep.memory_gpu
+        share = m.device_mb / 1024 / gb
+        colour = "green" if share <= headroom else "red"
+        yield (f"  [{colour}]{share:.0%} of the {markup_safe(gpu)}'s {gb:g} GB[/] (headroom: resources.memory_headroom "
+               f"{headroom:.0%})")
+    yield f"  source ({m.source}): {markup_safe(m.source_text)}"
+    for note in m.notes:
         yield f"  note: {markup_safe(note)}"
 
 

@@ -2,7 +2,8 @@
 
 The model check and the dataset analysis with the model's own tokenizer (analysis.py, with --data),
 an estimate per run with its source (specc/estimate: calibration, prior run, declared figure), the
-fit to the time window, the batch size for the GPU from measured memory, and the totals. Broken
+fit to the time window, peak GPU memory before the run (specc/estimate/memory.py: formula or
+calibrated) and the largest batch under the spec's headroom, and the totals. Broken
 model or data files (what `specc run` would stop on at start) are collected in `problems`.
 """
 from __future__ import annotations
@@ -13,9 +14,10 @@ from pathlib import Path
 from specc.errors import SpecError
 from specc.estimate.calibrations import CalibrationFile, load_calibration
 from specc.estimate.fit import Fit, fit_window, gpu_hours, recommend_batch
+from specc.estimate.memory import Arch, estimate_memory, largest_batch, memory_calibration
 from specc.estimate.priors import load_priors
 from specc.estimate.result import Estimate, RunFacts
-from specc.estimate.shape import device_key
+from specc.estimate.shape import device_key, shape_of_config
 from specc.estimate.sources import estimate_run
 from specc.rundir import RUNS_ROOT
 from specc.spec.clusters import load_catalog
@@ -33,6 +35,8 @@ class PlanReport:
     estimates: dict[str, Estimate] = field(default_factory=dict)
     fits: dict[str, Fit] = field(default_factory=dict)
     batch_note: str | None = None                   # the batch size for the GPU, or why it cannot be sized
+    memory: object | None = None                    # estimate.memory.MemoryEstimate of the first training run on its GPU
+    memory_gpu: tuple | None = None                 # (GPU type, its memory in GB, headroom) that memory was sized for
     total_h: float = 0.0                            # estimated hours of jobs (runs with an estimate)
     total_gpu_h: float = 0.0
     problems: list[str] = field(default_factory=list)   # broken model or data files: the plan fails
@@ -99,7 +103,7 @@ def plan_report(loaded, plan, *, runs_dir: Path = RUNS_ROOT, data: bool = True,
         if e.total_s:
             report.total_h += e.total_s / 3600
             report.total_gpu_h += gpu_hours(e.total_s, run.resources.gpus) or 0
-    report.batch_note = _batch_note(report, cals)
+    report.batch_note = _memory_plan(report, cals) or _batch_note(report, cals)
     report.problems = input_problems(report.inputs, report.analyses)
     return report
 
@@ -145,13 +149,46 @@ def _analyse(report: PlanReport) -> dict[str, RunFacts]:
     return facts
 
 
+def _gpu_memory_gb(report: PlanReport) -> float | None:
+    p, res = report.plan, report.first_train.resources
+    catalog, _ = load_catalog(p.spec_path, p.spec.resources.catalog)
+    cluster = catalog.clusters.get(res.cluster)
+    return cluster.gpu_types[res.gpu_type].memory_gb if cluster and res.gpu_type in (cluster.gpu_types or {}) else None
+
+
+def _memory_plan(report: PlanReport, cals: dict) -> str | None:
+    """Peak GPU memory of the first training run from the memory model (its architecture known here), and
+    the largest micro-batch under resources.memory_headroom, accumulation keeping batch × accum."""
+    run = next((r for r in report.plan.runs if r.kind == "train"), None)
+    m = report.models.get(run.config["model"]["path"]) if run is not None else None
+    arch = Arch.from_config(m.arch) if m is not None and m.ok else None
+    if run is None or not run.resources.gpus or arch is None:
+        return None
+    gpu_mem = _gpu_memory_gb(report)
+    headroom = run.spec.resources.memory_headroom
+    cal, exact = memory_calibration(cals.get(device_key(run.config["resources"])), shape_of_config(run.config))
+    report.memory = estimate_memory(run.config, arch, calibration=cal, calibrated_shape=exact)
+    if not gpu_mem:
+        return f"batch: the catalog has no memory figure for GPU type {run.resources.gpu_type!r}; cannot size the batch"
+    report.memory_gpu = (run.resources.gpu_type, gpu_mem, headroom)
+    best, est = largest_batch(run.config, arch, gpu_mem, headroom, calibration=cal)
+    t = run.spec.training
+    if best is None:
+        return (f"batch for {run.name} on {run.resources.gpu_type} ({gpu_mem:g} GB): even batch 1 needs "
+                f"{est.device_mb / 1024:,.1f} GB, over {headroom:.0%} of the GPU: enable gradient checkpointing, use "
+                "nf4, a shorter max_length or a smaller loss_chunk")
+    effective = t.batch_size * t.grad_accum
+    batch = max(d for d in range(1, min(best, effective) + 1) if effective % d == 0)   # batch × accum stays
+    return (f"batch for {run.name} on {run.resources.gpu_type} ({gpu_mem:g} GB): the largest micro-batch under "
+            f"{headroom:.0%} of the GPU is {best} ({est.device_mb / 1024:,.1f} GB predicted, {report.memory.source}); "
+            f"keeping batch × accum = {effective}: batch {batch} × accum {effective // batch}")
+
+
 def _batch_note(report: PlanReport, cals: dict) -> str | None:
     """The batch for the first training run on its GPU (70% of its memory), from measured memory."""
     p = report.plan
     res = report.first_train.resources
-    catalog, _ = load_catalog(p.spec_path, p.spec.resources.catalog)
-    cluster = catalog.clusters.get(res.cluster)
-    gpu_mem = cluster.gpu_types[res.gpu_type].memory_gb if cluster and res.gpu_type in (cluster.gpu_types or {}) else None
+    gpu_mem = _gpu_memory_gb(report)
     if not res.gpus:
         return None
     if not gpu_mem:

@@ -104,6 +104,37 @@ def test_varlen_loss_and_gradients_equal_dense(tiny_llama_dir):
         assert varlen.eval_loss(batch)[0] == pytest.approx(dense.eval_loss(batch)[0], rel=LOSS_REL)
 
 
+def test_varlen_with_gradient_checkpointing_equals_dense(tiny_llama_dir):
+    """Recomputation in backward must run the very kernel and inputs of the forward pass."""
+    dense = new_backend(tiny_llama_dir, "dense")
+    varlen = TorchBackend()
+    varlen.setup(ModelSettings(path=tiny_llama_dir, device="cpu", attention="sdpa_varlen", gradient_checkpointing=True),
+                 LoraSettings(rank=4, alpha=8.0, target_modules=TARGETS), OptimizerSettings(), 0)
+    for be in (dense, varlen):
+        randomise_adapters(be)
+    for batch in packed_batches():
+        ld, _, gd = loss_and_grads(dense, batch)
+        lv, _, gv = loss_and_grads(varlen, batch)
+        assert lv == pytest.approx(ld, rel=LOSS_REL)
+        for x, y in zip(gd, gv):
+            torch.testing.assert_close(y, x, **GRAD)
+
+
+def test_other_calls_of_the_model_get_plain_sdpa(tiny_llama_dir):
+    """A call without document boundaries (an NF4 probe, generation) is sdpa with transformers' own mask."""
+    dense, varlen = new_backend(tiny_llama_dir, "dense"), new_backend(tiny_llama_dir, "sdpa_varlen")
+    assert varlen._hf().config._attn_implementation == "specc_varlen"
+    ids = torch.from_numpy(make_batch([[doc(3, 10)], [doc(4, 10)]], 10).input_ids)
+    pad = torch.ones(2, 10, dtype=torch.long)
+    pad[1, :3] = 0                                            # left padding, as generation has it
+    with torch.no_grad():
+        for be in (dense, varlen):
+            be.model.eval()
+        want = dense.model(input_ids=ids, attention_mask=pad).logits
+        got = varlen.model(input_ids=ids, attention_mask=pad).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
 def test_varlen_keeps_documents_apart(tiny_llama_dir):
     """The same document alone and packed behind another gives the same loss: nothing leaks across."""
     be = new_backend(tiny_llama_dir, "sdpa_varlen")
@@ -174,13 +205,13 @@ def test_flex_forward_equals_dense_and_cannot_train_on_cpu(tiny_llama_dir):
     for b in packed_batches():
         assert control.eval_loss(b)[0] == pytest.approx(base.eval_loss(b)[0], rel=LOSS_REL)
     # the same BlockMask path with the trained adapters of `dense`
-    dense._attn.mode = "flex"
+    dense._attn.use("flex")
     try:
         for b, (want, n) in zip(packed_batches(), reference):
             got = dense.eval_loss(b)
             assert got[1] == n and got[0] == pytest.approx(want, rel=LOSS_REL)
     finally:
-        dense._attn.mode = "dense"
+        dense._attn.use("dense")
 
 
 def test_block_mask_has_the_dense_mask_pattern(tiny_llama_dir):
@@ -288,3 +319,26 @@ def test_backend_loss_in_small_chunks_equals_one_chunk(tiny_llama_dir):
         assert ls == pytest.approx(lw, rel=LOSS_REL)
         for x, y in zip(gw, gs):
             torch.testing.assert_close(y, x, **GRAD)
+
+
+def test_bf16_lora_under_autocast_matches_float32_lora_math(tiny_llama_dir):
+    """bf16 models run the LoRA matmuls in bf16 (autocast, float32 weights and AdamW); the reference is peft's
+    float32 LoRA math on the same bf16 model. Agreement to bf16 rounding, on the loss and every gradient."""
+    def bf16_backend():
+        be = TorchBackend()
+        be.setup(ModelSettings(path=tiny_llama_dir, device="cpu", dtype="bfloat16", attention="sdpa_varlen"),
+                 LoraSettings(rank=4, alpha=8.0, target_modules=TARGETS), OptimizerSettings(), 0)
+        randomise_adapters(be)
+        return be
+
+    fast, ref = bf16_backend(), bf16_backend()
+    assert fast.describe()["lora_compute"] == "bfloat16 (autocast; float32 weights, gradients, AdamW)"
+    assert all(p.dtype == torch.float32 for p in fast.params)
+    ref._autocast = False
+    for batch in packed_batches():
+        lf, _, gf = loss_and_grads(fast, batch)
+        lr, _, gr = loss_and_grads(ref, batch)
+        assert lf == pytest.approx(lr, rel=1e-2)
+        for x, y in zip(gf, gr):
+            assert x.dtype == torch.float32
+            assert float((x - y).norm() / y.norm()) < 5e-2

@@ -89,3 +89,33 @@ def test_plan_truncation_padding_and_missing_model(in_tmp, tiny_model):
     spec = spec_for(in_tmp, tiny_model, model={"path": str(tiny_model.parent / "nope")})
     out = cli("plan", str(spec)).output
     assert "missing" in out and "available beside it: tiny" in out     # what is there instead
+
+
+def test_plan_gives_peak_gpu_memory_before_the_run_and_the_batch_under_the_headroom(in_tmp, tiny_model):
+    """A GPU run whose model has Llama-3.2-1B's shape: the memory model's parts, its source, the share of the
+    GPU, and the largest micro-batch under resources.memory_headroom (batch × accum kept)."""
+    from tests.lifecycle.test_memory_model import LLAMA_1B
+
+    cfg = json.loads((tiny_model / "config.json").read_text())
+    (tiny_model / "config.json").write_text(json.dumps({**cfg, **LLAMA_1B}))
+    spec = spec_for(in_tmp, tiny_model, model={"quantization": "nf4", "lora": {"rank": 16}},
+                    data={"max_length": 2048},
+                    training={"batch_size": 8, "grad_accum": 4},
+                    resources={"cluster": "della", "partition": "pli", "gpus": 1, "memory_headroom": 0.5})
+    result = cli("plan", str(spec))
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "Peak GPU memory before the run (main, micro-batch 8)" in out
+    for part in ("base weights", "LoRA weights, gradients, AdamW state", "activations saved for backward",
+                 "loss chunk", "allocator slack", "CUDA context", "on the GPU"):
+        assert part in out, part
+    assert "of the h100's 80 GB (headroom: resources.memory_headroom 50%)" in out
+    assert "source (formula)" in out
+    assert "the largest micro-batch under 50% of the GPU is" in out and "keeping batch × accum = 32" in out
+    from specc.estimate.memory import Arch, largest_batch
+    from specc.plan.runs import plan_experiment
+    from specc.spec.validate import load_spec
+
+    run = plan_experiment(load_spec(spec)).runs[0]
+    best, _ = largest_batch(run.config, Arch.from_config(LLAMA_1B), 80, 0.5)
+    assert f"the largest micro-batch under 50% of the GPU is {best} " in out
