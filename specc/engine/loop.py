@@ -75,14 +75,15 @@ def train(s: Session) -> dict:
                                             "the update was not applied")
                     break
                 state.step += 1
-                state.tokens += sum(b.n_tokens for b in batches)
+                tokens = sum(b.n_tokens for b in batches)
+                state.tokens += tokens
                 loss_avg.add(loss)
                 step_s = time.perf_counter() - t0
                 state.train_s += step_s
                 progress.step_time(step_s)
                 mem = backend.memory()
                 metrics.write({"step": state.step, "loss": loss, "lr": lr, "grad_norm": result.grad_norm,
-                               "tokens": sum(b.n_tokens for b in batches), "step_s": step_s, "mem_mb": mem.current_mb,
+                               "tokens": tokens, "step_s": step_s, "mem_mb": mem.current_mb,
                                **getattr(mem, "gauges", {})})   # gpu_util, gpu_mem_mb on CUDA (backends/torch_gpu.py)
                 fault_point("step", state.step)
                 warning = memory.check(state.step, mem.current_mb)

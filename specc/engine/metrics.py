@@ -47,10 +47,9 @@ class MetricsLog:
             clean["non_finite"] = [k for k in record if clean[k] is None and record[k] is not None]
         self._fh.write(json.dumps(clean) + "\n")
         self._fh.flush()
-        step = record.get("step", 0)
-        for key, value in record.items():
-            if key not in ("step", "t") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._tb.scalar(("val/" if key.startswith("val") else "train/") + key, value, step)
+        self._tb.scalars({("val/" if key.startswith("val") else "train/") + key: value for key, value in record.items()
+                          if key not in ("step", "t") and isinstance(value, (int, float)) and not isinstance(value, bool)},
+                         record.get("step", 0))
 
     def event(self, step: int, event: str, **details) -> None:
         self.write({"step": step, "event": event, **details})
@@ -91,9 +90,11 @@ class _TensorBoard:
             self._writer.add_event(Event(wall_time=time.time(), step=resume_step,
                                          session_log=SessionLog(status=SessionLog.START)))
 
-    def scalar(self, tag: str, value: float, step: int) -> None:
-        if self._writer is not None and math.isfinite(value):
-            summary = self._Summary(value=[self._Summary.Value(tag=tag, simple_value=float(value))])
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """One event per record, holding all its scalars (one per scalar cost a step's worth of protobufs)."""
+        values = {tag: v for tag, v in values.items() if math.isfinite(v)}
+        if self._writer is not None and values:
+            summary = self._Summary(value=[self._Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()])
             self._writer.add_event(self._Event(wall_time=time.time(), step=step, summary=summary))
 
     def close(self) -> None:
