@@ -91,7 +91,7 @@ def write_spec(path: Path, *, experiment: str, model_dir: Path, data: dict[str, 
                lr: float = 2e-3, warmup: int = 20, max_length: int = 128, packing: bool = True,
                eval_every: int | None = None, checkpoint_every: int | None = None, eval_examples: int = 64,
                early_stopping: bool = False, keep_last: int = 2, backend: str = "torch", layers: int | None = None,
-               seed: int = 0) -> Path:
+               seed: int = 0, model_extra: dict | None = None, size: str = "tiny") -> Path:
     """A one-run spec like specs/quickstart.yaml with the given knobs (absolute model and data paths)."""
     lines = [
         f"experiment: {experiment}",
@@ -99,8 +99,9 @@ def write_spec(path: Path, *, experiment: str, model_dir: Path, data: dict[str, 
         "  statement: benchmark run",
         "model:",
         f"  path: {model_dir}",
-        "  size: tiny",
+        f"  size: {size}",
         "  quantization: none",
+        *(f"  {k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in (model_extra or {}).items()),
         f"  lora: {{rank: {rank}, alpha: {alpha}, dropout: 0.0, target_modules: [{', '.join(targets)}]"
         + (f", layers: {layers}" if layers is not None else "") + "}",
         "data:",

@@ -27,6 +27,9 @@ several, so "same batch size" (rows) gives specc more examples per step; trainer
 the rest. The order of the contenders rotates every repetition.
 
 Usage: python bench/torch_vs_trainer.py [--steps 150] [--reps 5] [--threads 1] [--batch-size 8]
+
+The Trainer child (`--child trainer`) is also the peer of bench/cpu_midsize.py (`--collator flatten`: HF's
+padding-free DataCollatorWithFlattening) and of bench/gpu/run.py (`--device cuda --dtype bfloat16 [--nf4]`).
 """
 from __future__ import annotations
 
@@ -84,7 +87,18 @@ def trainer_child(args) -> None:
         labels = ([-100] * (1 + len(p)) + c + eos)[:args.max_length]
         rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    cuda = args.device == "cuda"
+    dtype = getattr(torch, args.dtype)
+    load = dict(dtype=dtype, attn_implementation="sdpa")
+    if args.nf4:   # NF4, double quantization, bf16 compute; no prepare_model_for_kbit_training (its float32
+        from transformers import BitsAndBytesConfig   # upcast of embeddings and head would handicap the peer)
+
+        load.update(quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype),
+                    device_map={"": 0 if cuda else "cpu"})
+    elif cuda:
+        load["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **load)
     model.config.use_cache = False
     model = get_peft_model(model, LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0,
                                              target_modules=list(TARGETS), bias="none", task_type="CAUSAL_LM"))
@@ -113,7 +127,9 @@ def trainer_child(args) -> None:
         batches = 0
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            CountingTrainer.tokens += int(inputs["attention_mask"].sum())
+            # padded: the attention mask's ones; padding-free (DataCollatorWithFlattening): every token is real
+            CountingTrainer.tokens += int(inputs["attention_mask"].sum() if "attention_mask" in inputs
+                                          else inputs["input_ids"].numel())
             CountingTrainer.targets += int((inputs["labels"] != -100).sum())
             CountingTrainer.batches += 1
             return super().training_step(model, inputs, num_items_in_batch)
@@ -123,19 +139,30 @@ def trainer_child(args) -> None:
         output_dir=str(Path(args.out).parent / "trainer_out"), per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=1, max_steps=args.steps, learning_rate=args.lr,
         lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1}, warmup_steps=args.warmup,
-        optim="adamw_torch_fused", weight_decay=0.0, max_grad_norm=1.0, seed=0, use_cpu=True,
-        remove_unused_columns=False, report_to=[], eval_strategy="no", save_strategy="no", logging_steps=50,
-        disable_tqdm=True, dataloader_num_workers=0)
-    trainer = CountingTrainer(model=model, args=targs, train_dataset=rows,
-                              data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100),
-                              callbacks=[clock])
+        optim="adamw_torch_fused", weight_decay=0.0, max_grad_norm=1.0, seed=0, use_cpu=not cuda,
+        bf16=cuda and args.dtype == "bfloat16", remove_unused_columns=False, report_to=[], eval_strategy="no",
+        save_strategy="no", logging_steps=50, disable_tqdm=True, dataloader_num_workers=0)
+    if args.collator == "flatten":   # HF's padding-free practice: one row per batch, positions restart per example
+        from transformers import DataCollatorWithFlattening
+
+        collator = DataCollatorWithFlattening(return_position_ids=True)
+        rows = [{k: v for k, v in r.items() if k != "attention_mask"} for r in rows]
+    else:
+        collator = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
+    trainer = CountingTrainer(model=model, args=targs, train_dataset=rows, data_collator=collator, callbacks=[clock])
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     t_setup = time.perf_counter() - t_start
     t0 = time.perf_counter()
     out = trainer.train()
     t_train_call = time.perf_counter() - t0
     result = {"tokens": CountingTrainer.tokens, "targets": CountingTrainer.targets, "batches": CountingTrainer.batches,
               "train_s": clock.end - clock.begin, "step_sum_s": clock.step_sum, "train_call_s": t_train_call,
-              "setup_s": t_setup, "final_loss": out.training_loss, "threads": torch.get_num_threads()}
+              "setup_s": t_setup, "final_loss": out.training_loss, "threads": torch.get_num_threads(),
+              "collator": args.collator, "device": args.device, "dtype": args.dtype, "nf4": bool(args.nf4)}
+    if cuda:
+        result.update(peak_mem_mb=torch.cuda.max_memory_allocated() / 2 ** 20,
+                      reserved_mb=torch.cuda.max_memory_reserved() / 2 ** 20)
     Path(args.out).write_text(json.dumps(result, indent=2))
 
 
@@ -182,6 +209,10 @@ def main() -> None:
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--train", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--collator", choices=["seq2seq", "flatten"], default="seq2seq", help=argparse.SUPPRESS)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help=argparse.SUPPRESS)
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help=argparse.SUPPRESS)
+    ap.add_argument("--nf4", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child == "trainer":
         return trainer_child(args)
