@@ -188,9 +188,9 @@ class TorchBackend:
     def _model_inputs(self, batch: Batch, ids_np: np.ndarray, rows: np.ndarray, cols: np.ndarray):
         """(model keyword arguments, target rows, target columns) for the attention mode
         (backends/torch_packed.py); the dense mask when a batch does not fit the mode."""
-        torch, dev, mode = self._torch, self.device, self._attn.mode
-        flat = flatten(batch, rows, cols) if mode == "sdpa_varlen" else None
-        if flat is not None:   # every real token in one row; documents told by their boundaries
+        torch, dev, attn = self._torch, self.device, self._attn
+        flat = flatten(batch, rows, cols) if attn.routes("sdpa_varlen") else None
+        if flat is not None and not attn.wants_dense(flat):   # every real token in one row, documents by boundaries
             cu = torch.from_numpy(flat.cu).to(dev)
             src = torch.from_numpy(flat.src).to(dev)
             n = int(flat.ids.size)
@@ -200,7 +200,7 @@ class TorchBackend:
                          max_length_q=flat.max_len, max_length_k=flat.max_len), torch.zeros_like(src), src)
         ids = torch.from_numpy(ids_np).to(dev)
         r, c = torch.from_numpy(rows).to(dev), torch.from_numpy(cols).to(dev)
-        if mode == "flex":
+        if attn.routes("flex"):
             pos = torch.from_numpy(np.ascontiguousarray(batch.position_ids, dtype=np.int64)).to(dev)
             return dict(input_ids=ids, attention_mask=self._attn.block_mask(batch.segment_ids), position_ids=pos), r, c
         mask, position_ids = self._attention_inputs(batch)

@@ -5,14 +5,16 @@
 * ``sdpa_varlen``: the batch's real tokens go in as one row ``[1, N]`` (padding is dropped, so no matmul
   spends work on it) and each document attends only to itself, causally, told by its boundaries
   (``cu_seq_lens``). The kernel is ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention varlen, on
-  CUDA in bf16/fp16), else one ``scaled_dot_product_attention(is_causal=True)`` call per document
-  (CPU, float32): no ``[T, T]`` mask exists anywhere, attention costs the sum of the documents' squared
-  lengths, and memory grows with N, not T².
+  CUDA in bf16/fp16), else ``scaled_dot_product_attention(is_causal=True)`` per document, documents of
+  equal length stacked into one call (CPU, float32): no ``[T, T]`` mask exists anywhere, attention costs
+  the sum of the documents' squared lengths, and memory grows with N, not T².
 * ``flex``: the ``[B, T]`` rows as they are, with FlexAttention and a document-causal ``BlockMask`` built
   from ``segment_ids`` (exactly the dense mask's pattern, stored by 128 × 128 block); compiled on CUDA.
   torch has no FlexAttention backward on the CPU, so there it serves evaluation only.
 * ``dense``: the ``[B, 1, T, T]`` additive mask (backends/torch_attention.py), the CPU/eager fallback.
-* ``auto``: sdpa_varlen where the flash varlen kernel runs (CUDA, bf16/fp16), dense otherwise.
+* ``auto``: sdpa_varlen where the flash varlen kernel runs (CUDA, bf16/fp16) and on the CPU, dense
+  otherwise (CUDA float32). On the CPU, auto takes the dense mask for a batch whose documents average
+  under SHORT_DOCUMENTS tokens: there one masked call beats many small ones (measured, bench/README.md).
 
 The kernels replace only the attention product of models whose attention is plain scaled dot-product
 (SUPPORTED_MODEL_TYPES loaded with sdpa, no sliding window, no attention dropout); any other model keeps
@@ -35,6 +37,7 @@ from backends.protocol import Batch
 from specc.errors import UserError
 
 MODES = ("auto", "sdpa_varlen", "flex", "dense")
+SHORT_DOCUMENTS = 64     # CPU auto: mean tokens per document under which a batch takes the dense mask
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "phi3", "starcoder2", "gemma",
                                    "smollm3"})
 VARLEN_NAME, FLEX_NAME = "specc_varlen", "specc_flex"
@@ -104,7 +107,7 @@ class AttentionMode:
         why_not = unsupported(config, attn_implementation)
         flash = device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and _varlen_kernel(torch) is not None
         if requested == "auto":
-            self.mode = "sdpa_varlen" if flash and why_not is None else "dense"
+            self.mode = "sdpa_varlen" if (flash or device.type == "cpu") and why_not is None else "dense"
         elif requested != "dense" and why_not:
             raise UserError(f"model.attention {requested} cannot run this model: {why_not}",
                             hint="use attention: dense (or auto)", where="model.attention")
@@ -115,7 +118,17 @@ class AttentionMode:
             self.mode = requested
         self.requested = requested
         self.flash = flash and self.mode == "sdpa_varlen"
+        self.short_dense = requested == "auto" and device.type == "cpu" and self.mode == "sdpa_varlen"
         self.use(self.mode)
+
+    def routes(self, mode: str) -> bool:
+        """Does the model's attention still go through `mode`'s kernel (nobody switched its implementation)?"""
+        return self.mode == mode and self.config._attn_implementation == {"sdpa_varlen": VARLEN_NAME,
+                                                                          "flex": FLEX_NAME}.get(mode)
+
+    def wants_dense(self, flat: Flat) -> bool:
+        """CPU auto: many short documents run faster as one masked call than one call per length."""
+        return self.short_dense and flat.ids.size < SHORT_DOCUMENTS * (flat.cu.size - 1)
 
     def use(self, mode: str) -> None:
         """Route the model's attention to `mode`'s kernel (set once at setup; tests switch it)."""
@@ -129,7 +142,9 @@ class AttentionMode:
                   "flex": "FlexAttention, document-causal BlockMask" + (" (compiled)" if self.device.type == "cuda" else
                                                                         " (eager: forward only on the CPU)"),
                   "sdpa_varlen": "torch.nn.attention.varlen.varlen_attn (FlashAttention varlen)" if self.flash
-                  else "scaled_dot_product_attention per document (is_causal)"}[self.mode]
+                  else "scaled_dot_product_attention per document (is_causal)"
+                  + (f"; the dense mask for batches of documents under {SHORT_DOCUMENTS} tokens on average"
+                     if self.short_dense else "")}[self.mode]
         return {"requested": self.requested, "mode": self.mode, "kernel": kernel,
                 "layout": "padding-free [1, N]" if self.mode == "sdpa_varlen" else "[B, T] rows"}
 
@@ -205,12 +220,27 @@ def _varlen_forward(module, query, key, value, attention_mask, scaling=None, dro
             out = fn(q.contiguous(), k.contiguous(), v.contiguous(), cu_seq_lens_q, cu_seq_lens_q, int(max_length_q),
                      int(max_length_q), **kw)
             return out.unsqueeze(0), None
-    bounds = cu_seq_lens_q.tolist()
-    gqa = {"enable_gqa": True} if hq != hk else {}
-    outs = [torch.nn.functional.scaled_dot_product_attention(
-        query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True, scale=scale,
-        dropout_p=dropout if module.training else 0.0, **gqa) for a, b in zip(bounds, bounds[1:])]
-    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+    return _per_document(torch, module, query, key, value, cu_seq_lens_q.tolist(), scale, dropout), None
+
+
+def _per_document(torch, module, query, key, value, bounds: list[int], scale: float, dropout: float):
+    """Causal SDPA within each document, documents of one length stacked into one call: [1, H, N, D] → [1, N, H, D]."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    gqa = {"enable_gqa": True} if query.shape[1] != key.shape[1] else {}
+    p = dropout if module.training else 0.0
+    starts, lengths = np.asarray(bounds[:-1]), np.diff(bounds)
+    if len(set(lengths.tolist())) == len(lengths):   # all lengths differ: slices, no gathering
+        outs = [sdpa(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True, scale=scale, dropout_p=p, **gqa)
+                for a, b in zip(bounds, bounds[1:])]
+        return torch.cat(outs, dim=2).transpose(1, 2).contiguous()
+    out = query.new_empty(query.shape[0], query.shape[2], query.shape[1], value.shape[-1])   # [1, N, H, D]
+    for n in np.unique(lengths):
+        index = torch.from_numpy((starts[lengths == n][:, None] + np.arange(n)).reshape(-1)).to(query.device)
+        q, k, v = (t[0].index_select(1, index).unflatten(1, (-1, int(n))).transpose(0, 1)   # [docs, H, n, D]
+                   for t in (query, key, value))
+        o = sdpa(q, k, v, is_causal=True, scale=scale, dropout_p=p, **gqa)
+        out = out.index_copy(1, index, o.transpose(1, 2).flatten(0, 1)[None])
+    return out
 
 
 _flex_compiled = None

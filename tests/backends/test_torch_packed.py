@@ -227,13 +227,37 @@ def test_block_mask_has_the_dense_mask_pattern(tiny_llama_dir):
 
 
 # ------------------------------------------------------------------ choosing
-def test_auto_is_dense_on_the_cpu_and_choices_are_recorded(tiny_llama_dir):
+def test_auto_on_the_cpu_is_varlen_with_the_dense_mask_for_short_documents(tiny_llama_dir):
     be = new_backend(tiny_llama_dir, "auto")
     d = be.describe()
-    assert d["attention"] == {"requested": "auto", "mode": "dense", "kernel": f"{d['attn_implementation']} with a "
-                              "[B, 1, T, T] additive mask", "layout": "[B, T] rows"}
+    assert d["attention"]["requested"] == "auto" and d["attention"]["mode"] == "sdpa_varlen"
+    assert d["attention"]["kernel"] == ("scaled_dot_product_attention per document (is_causal); the dense mask for "
+                                        "batches of documents under 64 tokens on average")
     assert d["loss"] == "fused linear + float32 cross-entropy in chunks of 4096 targets" and d["loss_chunk"] == 4096
-    assert d["compile"] is False and d["liger"] is False
+    assert d["compile"] is False and d["liger"] is False and d["lora_compute"] == "float32"
+
+    def routed(batch):
+        rows, cols = np.nonzero(batch.loss_mask[:, 1:])
+        return "cu_seq_lens_q" in be._model_inputs(batch, batch.input_ids.astype(np.int64), rows, cols)[0]
+
+    short = make_batch([[doc(i, 16) for i in range(8)]] * 2, 128)          # 16 documents of 16 tokens
+    long = make_batch([[doc(1, 90), doc(2, 38)], [doc(3, 128)]], 128)       # 3 documents, 85 tokens on average
+    assert not routed(short) and routed(long)
+    dense = new_backend(tiny_llama_dir, "dense")
+    for b in (short, long):
+        assert be.eval_loss(b)[0] == pytest.approx(dense.eval_loss(b)[0], rel=LOSS_REL)
+    explicit = new_backend(tiny_llama_dir, "sdpa_varlen")                   # asked for: every batch
+    assert "dense mask" not in explicit.describe()["attention"]["kernel"]
+    rows, cols = np.nonzero(short.loss_mask[:, 1:])
+    assert "cu_seq_lens_q" in explicit._model_inputs(short, short.input_ids.astype(np.int64), rows, cols)[0]
+
+
+def test_a_model_switched_to_another_attention_gets_the_dense_inputs(tiny_llama_dir):
+    """If the model's attention implementation is changed after setup, the packed layout is not used."""
+    be, dense = new_backend(tiny_llama_dir, "sdpa_varlen"), new_backend(tiny_llama_dir, "dense")
+    be._hf().set_attn_implementation("eager")
+    batch = packed_batches()[0]
+    assert be.eval_loss(batch)[0] == pytest.approx(dense.eval_loss(batch)[0], rel=LOSS_REL)
 
 
 def test_models_whose_attention_is_more_than_sdpa_keep_dense():
