@@ -74,22 +74,24 @@ def _what_would_fit(config: dict, est: Estimate, need: float, budget: float, win
 
 
 def recommend_batch(est: Estimate, gpu_memory_gb: float | None, batch_size: int, grad_accum: int,
-                    fixed_gb: float | None = None) -> tuple[int, int, str] | None:
-    """(batch, accum, why): the largest batch that keeps measured peak memory under 70% of the GPU,
-    with accumulation keeping the effective batch (batch × accum) where it was."""
+                    fixed_gb: float | None = None, headroom: float = MEMORY_TARGET) -> tuple[int, int, str] | None:
+    """(batch, accum, why): the largest batch that keeps measured peak memory under `headroom` (the spec's
+    resources.memory_headroom, 70% by default) of the GPU, with accumulation keeping the effective batch
+    (batch × accum) where it was. Used when the model's architecture is not readable here; otherwise
+    specc/estimate/memory.py sizes the batch from its parts."""
     if not gpu_memory_gb or not est.peak_mem_gb or not est.measured:
         return None
-    target = MEMORY_TARGET * gpu_memory_gb
+    target = headroom * gpu_memory_gb
     peak = est.peak_mem_gb
     if fixed_gb is None:
         fixed_gb = est.fixed_mem_gb
     if fixed_gb is not None and 0 < fixed_gb < peak:
         per_row = (peak - fixed_gb) / batch_size
         best = max(1, int((target - fixed_gb) / per_row))
-        how = f"(70% of {gpu_memory_gb:g} GB − {fixed_gb:.1f} GB fixed) / {per_row:.2f} GB per row"
+        how = f"({headroom:.0%} of {gpu_memory_gb:g} GB − {fixed_gb:.1f} GB fixed) / {per_row:.2f} GB per row"
     else:   # the seeds' rule: headroom = GPU / peak, × 0.7
         best = max(1, int(batch_size * target / peak))
-        how = f"{batch_size} × 70% × {gpu_memory_gb:g} GB / {peak:.1f} GB measured peak"
+        how = f"{batch_size} × {headroom:.0%} × {gpu_memory_gb:g} GB / {peak:.1f} GB measured peak"
     effective = batch_size * grad_accum
     best = min(best, effective) if effective >= best else best
     accum = max(1, round(effective / best))

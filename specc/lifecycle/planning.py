@@ -185,7 +185,8 @@ def _memory_plan(report: PlanReport, cals: dict) -> str | None:
 
 
 def _batch_note(report: PlanReport, cals: dict) -> str | None:
-    """The batch for the first training run on its GPU (70% of its memory), from measured memory."""
+    """The batch for the first training run on its GPU (resources.memory_headroom of its memory), from measured
+    memory, when the model's architecture is not readable here (otherwise _memory_plan)."""
     p = report.plan
     res = report.first_train.resources
     gpu_mem = _gpu_memory_gb(report)
@@ -202,12 +203,13 @@ def _batch_note(report: PlanReport, cals: dict) -> str | None:
     if cal and est.source == "calibration":
         mem = (cal.entry(est.shape_key) or {}).get("memory") or {}
         fixed = mem.get("fixed_mb") / 1024 if mem.get("fixed_mb") else None
-    rec = recommend_batch(est, gpu_mem, run.spec.training.batch_size, run.spec.training.grad_accum, fixed)
+    headroom = run.spec.resources.memory_headroom
+    rec = recommend_batch(est, gpu_mem, run.spec.training.batch_size, run.spec.training.grad_accum, fixed, headroom)
     if rec:
         return f"batch for {run.name} on {res.gpu_type} ({gpu_mem:g} GB): {rec[2]}"
     if est.peak_mem_gb and not est.measured:
         return (f"batch: peak memory {est.peak_mem_gb:g} GB is declared, not measured; calibrate to size "
-                "the batch for 70% of the GPU")
+                f"the batch for {headroom:.0%} of the GPU")
     return None
 
 
