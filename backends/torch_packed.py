@@ -173,10 +173,15 @@ def register(torch) -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
-    # Outside torch.compile's graphs (model.compile compiles the layers around them): the per-document
-    # loop and the host-side boundaries would otherwise recompile for every batch.
+    global _flex_compiled
+    from torch.nn.attention.flex_attention import flex_attention
+
+    # varlen stays outside torch.compile's graphs (model.compile compiles the layers around it): the
+    # per-document loop and the host-side boundaries would recompile for every batch. FlexAttention is
+    # the opposite: eager, it materialises every score, so it is compiled (and inlined in compiled layers).
+    _flex_compiled = torch.compile(flex_attention)
     AttentionInterface.register(VARLEN_NAME, torch.compiler.disable(_varlen_forward))
-    AttentionInterface.register(FLEX_NAME, torch.compiler.disable(_flex_forward))
+    AttentionInterface.register(FLEX_NAME, _flex_forward)
     for name in (VARLEN_NAME, FLEX_NAME):
         AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
     _registered = True
@@ -248,16 +253,10 @@ _flex_compiled = None
 
 def _flex_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """[B, H, T, D] with a BlockMask (transformers passes a 4-D mask through untouched) → [B, T, H, D]."""
-    global _flex_compiled
-    import torch
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
     if not isinstance(attention_mask, BlockMask):   # not the backend's own call: plain sdpa
         return _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
-    fn = flex_attention
-    if query.is_cuda:   # the eager form materialises every score: compiled, it is the fused kernel
-        if _flex_compiled is None:
-            _flex_compiled = torch.compile(flex_attention)
-        fn = _flex_compiled
+    fn = _flex_compiled if query.is_cuda else flex_attention   # the CPU: eager (forward only) for evaluation
     out = fn(query, key, value, block_mask=attention_mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
     return out.transpose(1, 2).contiguous(), None
