@@ -139,7 +139,7 @@ class Progress:
             self.console.file.flush()
             self._last_len = len(line)
         else:
-            self.console.print(line, markup=False)
+            self.console.print(line, markup=False, highlight=False)   # no regex pass over every line
 
     def message(self, text: str) -> None:
         if self.live and self._last_len:
