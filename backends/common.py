@@ -93,14 +93,23 @@ def adapter_arrays(state: Mapping[str, np.ndarray], shapes: Mapping[str, Iterabl
     return {name: check_shape(f"adapter/{name}", given[name], shape) for name, shape in shapes.items()}
 
 
+_statm: tuple[int, int] | None = None    # (pid, fd of /proc/<pid>/statm), kept open: read once per step
+
+
+def _resident_mb() -> float | None:
+    global _statm
+    try:
+        if _statm is None or _statm[0] != os.getpid():   # a forked child must not read its parent's
+            _statm = (os.getpid(), os.open(f"/proc/{os.getpid()}/statm", os.O_RDONLY))
+        return int(os.pread(_statm[1], 128, 0).split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024 ** 2
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 def rss_memory() -> MemoryStats:
     """This process's resident memory (now, from /proc where there is one) and its peak (getrusage)."""
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     peak_mb = peak_kb / 1024 ** 2 if sys.platform == "darwin" else peak_kb / 1024  # bytes on macOS
-    current_mb = peak_mb
-    try:
-        with open("/proc/self/statm") as fh:
-            current_mb = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024 ** 2
-    except (OSError, ValueError, IndexError):
-        pass
+    current_mb = _resident_mb()
+    current_mb = peak_mb if current_mb is None else current_mb
     return MemoryStats(current_mb, max(peak_mb, current_mb), "rss")
