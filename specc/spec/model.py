@@ -126,7 +126,8 @@ class Model(Strict):
     attention: Literal["auto", "flex", "sdpa_varlen", "dense"] = Field(
         "auto", description="packed attention: sdpa_varlen (padding-free rows, per-document attention: flash varlen on "
                             "CUDA), flex (FlexAttention block mask; CUDA for training), dense ([B,1,T,T] mask); auto = "
-                            "sdpa_varlen on CUDA in bf16/fp16, dense otherwise")
+                            "sdpa_varlen on CUDA in bf16/fp16 and on the CPU (dense for batches of short documents), "
+                            "dense otherwise")
     compile: bool = Field(False, description="torch.compile each decoder layer (torch backend)")
     liger: bool = Field(False, description="Liger kernels (RMSNorm, SwiGLU, RoPE, fused linear cross-entropy); CUDA, "
                                            "needs the cuda extra")
