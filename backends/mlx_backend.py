@@ -23,7 +23,8 @@ from backends.common import adapter_arrays, check_keys, check_shape, dtype_name,
 from backends.mlx_forward import Forward, build_steps
 from backends.mlx_layout import arch_costs, model_inputs, token_cost
 from backends.mlx_load import add_lora, load, mlx_lm_version, quantize, select_device
-from backends.protocol import Batch, LoraSettings, MemoryStats, ModelSettings, OptimizerSettings, StepResult
+from backends.protocol import (Batch, GenerationSettings, LoraSettings, MemoryStats, ModelSettings, OptimizerSettings,
+                               StepResult)
 from specc.errors import UserError
 
 def _to_numpy(arr) -> np.ndarray:
@@ -189,6 +190,12 @@ class MLXBackend:
         finally:
             self.model.train()
         return value, int(np.asarray(batch.loss_mask)[:, 1:].sum())
+
+    def generate(self, prompts: list[list[int]], settings: GenerationSettings) -> list[list[int]]:
+        from backends.mlx_generate import generate
+
+        self._require_setup()
+        return generate(self, prompts, settings)
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, np.ndarray]:

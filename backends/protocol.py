@@ -76,6 +76,20 @@ class StepResult:
 
 
 @dataclass(frozen=True)
+class GenerationSettings:
+    """How `Backend.generate` decodes. Greedy unless temperature > 0; a sampled run is a function of `seed`."""
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+    eos_ids: tuple[int, ...] = ()           # any of these ends a row
+    pad_id: int = 0
+    stop_ids: tuple[tuple[int, ...], ...] = ()   # token sequences of the stop strings: stop early (best effort;
+                                                 # the engine cuts the decoded text at the stop string exactly)
+
+
+@dataclass(frozen=True)
 class MemoryStats:
     current_mb: float
     peak_mb: float
@@ -126,6 +140,11 @@ class Backend(Protocol):
 
     def export_adapter(self, path: Path) -> None:
         """Write an adapter the ecosystem loads: PEFT format (torch) or mlx-lm format (mlx)."""
+
+    def generate(self, prompts: list[list[int]], settings: GenerationSettings) -> list[list[int]]:
+        """The new token ids for each prompt (without the prompt and without the eos that ended it), with the
+        adapter applied (none after setup(lora=None)); batched, with a KV cache. Training state (weights, optimizer,
+        RNG, train/eval mode) is left exactly as it was."""
 
     def memory(self) -> MemoryStats:
         ...

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from backends.common import adapter_arrays, check_keys, check_shape, entries, lora_blocks, model_dir, rss_memory
-from backends.protocol import Batch, LoraSettings, MemoryStats, ModelSettings, OptimizerSettings, StepResult
+from backends.protocol import (Batch, GenerationSettings, LoraSettings, MemoryStats, ModelSettings, OptimizerSettings,
+                               StepResult)
 from backends.torch_attention import AttentionInputs, trim
 from backends.torch_load import enable_checkpointing, load_base, with_lora
 
@@ -235,6 +236,17 @@ class TorchBackend:
             check_gradient_flow(self.model, "after the first evaluation")
             self._flow_checked_after_eval = True
         return float(loss), n
+
+    def generate(self, prompts: list[list[int]], settings: GenerationSettings) -> list[list[int]]:
+        from backends.torch_generate import generate
+
+        result = generate(self, prompts, settings)
+        if not self._flow_checked_after_eval:   # generation runs in eval mode too: the same guard
+            from backends.torch_nf4 import check_gradient_flow
+
+            check_gradient_flow(self.model, "after generating")
+            self._flow_checked_after_eval = True
+        return result
 
     # --------------------------------------------------------------- state
     def state(self) -> dict[str, np.ndarray]:

@@ -50,7 +50,8 @@ class MetricsLog:
         step = record.get("step", 0)
         for key, value in record.items():
             if key not in ("step", "t") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._tb.scalar(("val/" if key.startswith("val") else "train/") + key, value, step)
+                group = "val/" if key.startswith("val") else "eval/" if key.startswith("eval") else "train/"
+                self._tb.scalar(group + key.removeprefix("eval."), value, step)
 
     def event(self, step: int, event: str, **details) -> None:
         self.write({"step": step, "event": event, **details})

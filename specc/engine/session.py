@@ -27,7 +27,9 @@ from specc.engine.prepare import PreparedData, prepare_data
 from specc.engine.select import choose_backend
 from specc.engine.start import EXTEND, INIT_FROM, RESUME, decide_start
 from specc.engine.state import TrainerState
+from specc.engine.faults import fault_point
 from specc.engine.summary import write_running, write_summary
+from specc.engine.tasks import TaskScoring
 from specc.errors import UserError, staged
 from specc.plan.schedule import ScheduleSpec, extend
 
@@ -46,16 +48,35 @@ class Session:
     state: TrainerState
     resumed: bool
     lock: RunLock | None = None     # held for the life of the process (a kill frees it)
+    tasks: TaskScoring | None = None   # the spec's evaluation tasks (empty without an evaluation section)
     started: float = field(default_factory=time.time)
 
-    def export(self, path: Path, val_loss: float | None = None) -> None:
-        """The adapter in its ecosystem's format, plus a small note of where it came from."""
+    def export(self, path: Path, val_loss: float | None = None, score: dict | None = None,
+               with_state: bool = False) -> None:
+        """The adapter in its ecosystem's format, plus a small note of where it came from (and, for best/ and
+        adapter/, the adapter as this backend loads it back, for scoring after training and `specc eval`)."""
         self.backend.export_adapter(path)
         note = {"experiment": self.cfg.experiment, "run": self.cfg.run, "step": self.state.step,
                 "backend": self.backend.name, "base_model": self.cfg.model.path}
         if val_loss is not None:
             note["val_loss"] = val_loss
+        if score is not None:
+            note.update(score)
         (path / "specc_adapter.json").write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
+        if with_state:
+            from safetensors.numpy import save_file
+
+            from specc.engine.tasks import ADAPTER_STATE
+
+            adapter = {k: v for k, v in self.backend.state().items() if k.startswith("adapter/")}
+            save_file(adapter, str(path / ADAPTER_STATE))
+
+    def publish_best(self, val_loss: float | None = None, score: dict | None = None) -> None:
+        """best/: the adapter of the best step so far (never at step 0: that is the base model)."""
+        step = self.state.step
+        if step > 0 and dist.world().is_main:
+            ckpt.write_tree_atomic(self.run_dir / "best", lambda d: (
+                self.export(d, val_loss=val_loss, score=score, with_state=True), fault_point("best", step)))
 
     def trainer_state(self) -> dict:
         """Everything an exact resume needs besides the arrays (those come from backend.state())."""
@@ -170,7 +191,7 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
                                       "at": round(time.time(), 3)}]
     state.backend, state.dataset = name, _data_digest(data)
     return Session(cfg, console, run_dir, backend, reason, data, stream, schedule, total, state,
-                   start.kind in (RESUME, EXTEND), lock=lock)
+                   start.kind in (RESUME, EXTEND), lock=lock, tasks=TaskScoring(cfg, data, backend, model_dir))
 
 
 def _lora_settings(cfg: RunConfig) -> LoraSettings | None:
@@ -253,6 +274,9 @@ def evaluate_control(s: Session) -> dict:
                         markup=False)
     s.state.best_val_loss = results.get("val_loss")
     try:
+        if s.tasks:
+            results["eval"] = s.tasks.score_all(s.run_dir / "eval", "base model (control run)",
+                                                say=lambda m: s.console.print(m, markup=False))
         return s.write_summary("completed", "control run: base model evaluated", results)
     finally:
         s.close()

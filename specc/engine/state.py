@@ -28,7 +28,8 @@ class TrainerState:
     last_ckpt: int = 0                          # step of the newest checkpoint, 0 before the first
     ckpt_s: float | None = None                 # how long the last checkpoint took
     best_val_loss: float | None = None
-    best_step: int | None = None
+    best_step: int | None = None                # the step best/ holds (by val_loss, or by evaluation.select_best_by)
+    best_score: float | None = None             # select_best_by a task metric: its best score so far
     loss_window: list[float] = field(default_factory=list)    # MovingAverage.state()
     early_stopping: dict = field(default_factory=dict)        # EarlyStopper.state()
     memory_watch: dict = field(default_factory=dict)          # MemoryWatch.state()

@@ -68,6 +68,12 @@ class ExperimentReport:
         return sorted(present, key=lambda r: r.run.metric(key), reverse=descending) + missing
 
 
+def control_run(runs: list[RunData], run: RunData) -> RunData | None:
+    """The experiment's control run of the same base model (an untrained base, scored on the same tasks)."""
+    path = (run.config.get("model") or {}).get("path")
+    return next((c for c in runs if c.kind == "control" and (c.config.get("model") or {}).get("path") == path), None)
+
+
 def build_report(target: str | Path, *, runs_root: Path = RUNS_ROOT, baseline: str | None = None,
                  record_accuracy: bool = True, plots: bool = True, calibrations_dir=None,
                  include_test: bool = False) -> ExperimentReport:
@@ -84,8 +90,9 @@ def build_report(target: str | Path, *, runs_root: Path = RUNS_ROOT, baseline: s
     for run in runs:
         expected = ((run.config.get("hypothesis") or {}).get("expected") or []) if run.kind == "train" else []
         b = baseline_run(base_runs, run.name) if base_runs else None
+        c = control_run(runs, run)
         verdicts = [judge(e, run.summary, run.records, b.summary if b else None, b.records if b else None,
-                          base_name) for e in expected]
+                          base_name, c.summary if c else None, c.name if c else None) for e in expected]
         acc = time_accuracy(run, calibrations_dir)
         note = (accuracy_problem(run) or "no estimate was recorded and none can be made now") if acc is None else ""
         reports.append(RunReport(run, verdicts, trends(run.records), acc, accuracy_note=note))
@@ -99,5 +106,8 @@ def build_report(target: str | Path, *, runs_root: Path = RUNS_ROOT, baseline: s
     if plots:
         from specc.lifecycle.plots import plot_experiment
 
+        from specc.lifecycle.report_tasks import plot_task_metrics
+
         report.plots = plot_experiment([r.run for r in reports], exp_dir / PLOTS, experiment)
+        report.plots += plot_task_metrics([r.run for r in reports], exp_dir / PLOTS, experiment)
     return report

@@ -11,6 +11,7 @@ from rich.table import Table
 from specc.fmt import fmt_duration, markup_safe
 from specc.lifecycle.accuracy import accuracy_problem
 from specc.lifecycle.report import ExperimentReport, RunReport
+from specc.lifecycle.report_tasks import task_markdown, task_rows
 from specc.lifecycle.rundata import eval_size_text
 from specc.lifecycle.verdict import CONFIRMED, INCONCLUSIVE, REJECTED
 
@@ -75,7 +76,8 @@ def render_markdown(rep: ExperimentReport, sort: str | None = None, descending: 
         lines.append("| " + " | ".join(f"`{c}`" if i == 0 else c for i, c in enumerate(run_row(r))) + " |")
     if sort:
         lines += ["", f"Sorted by {sort}{' (descending)' if descending else ''}."]
-    lines += ["", "## Hypothesis validation", ""]
+    lines += [""] + task_markdown([r.run for r in rep.runs])
+    lines += ["## Hypothesis validation", ""]
     verdicts = [(r, v) for r in rep.runs for v in r.verdicts]
     if verdicts:
         lines += ["| run | expectation | measured | baseline | compared | verdict | why |", "|---|---|---|---|---|---|---|"]
@@ -132,6 +134,14 @@ def report_lines(rep: ExperimentReport, sort: str | None = None, descending: boo
     for r in rep.sorted_runs(sort, descending):
         t.add_row(*map(markup_safe, run_row(r)))
     yield t
+    header, rows = task_rows([r.run for r in rep.runs])
+    if rows:
+        tasks = Table(title="task scores: % [95% interval] n (control = the base model, untrained)", title_justify="left")
+        for c in header:
+            tasks.add_column(c)
+        for row in rows:
+            tasks.add_row(*map(markup_safe, row))
+        yield tasks
     for r in rep.runs:
         name = markup_safe(r.run.name)
         for v in r.verdicts:
