@@ -184,14 +184,11 @@ def read_adapter_dir(path: Path) -> AdapterDir:
                         f"expected {PEFT_CONFIG} + {PEFT_WEIGHTS} (PEFT) or {MLX_CONFIG} + {MLX_WEIGHTS} (mlx-lm)")
     config = _read_json(path / PEFT_CONFIG)
     note = _read_json(path / NOTE) if (path / NOTE).is_file() else {}
+    alpha, dropout, base = (_peft_config if kind == "peft" else _mlx_config)(config, path)
     try:
         raw = load_file(str(path / (PEFT_WEIGHTS if kind == "peft" else MLX_WEIGHTS)))
     except Exception as exc:   # a truncated or foreign file: SafetensorError, OSError
         raise UserError(f"cannot read the adapter weights: {exc}", where=str(path)) from None
-    if kind == "peft":
-        alpha, dropout, base = _peft_config(config, path)
-    else:
-        alpha, dropout, base = _mlx_config(config, path, raw)
     weights = canonical_adapter(raw)
     shape = adapter_shape(weights, str(path))
     if kind == "mlx":
@@ -230,7 +227,7 @@ def _peft_config(config: dict, path: Path) -> tuple[float, float, str | None]:
     return float(config["lora_alpha"]), float(config.get("lora_dropout") or 0.0), config.get("base_model_name_or_path")
 
 
-def _mlx_config(config: dict, path: Path, raw: dict) -> tuple[float, float, str | None]:
+def _mlx_config(config: dict, path: Path) -> tuple[float, float, str | None]:
     kind = config.get("fine_tune_type", "lora")
     if kind != "lora":
         raise UserError(f"the mlx-lm adapter is fine_tune_type {kind!r}, not lora", where=str(path / MLX_CONFIG),

@@ -66,7 +66,8 @@ def export_run(run_dir: Path, *, adapter: str, fmt: str, out: Path, backend: str
     model_dir = resolve_model_path(cfg.model.path, log=log)
     config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     base = travel.base_identity(model_dir)
-    travel.check_base(found.note.get("base"), base, src, cfg.model.path, strict=True)
+    for w in travel.check_base(found.note.get("base"), base, src, cfg.model.path):
+        log(f"warning: {w}")
     travel.check_dims(found.shape, config, src, cfg.model.path)
     n_blocks = int(config.get("num_hidden_layers") or len(found.shape.layers))
     travel.check_lora(travel.lora_record(cfg.model.lora), travel.found_lora(found.shape, found.alpha), n_blocks, src)

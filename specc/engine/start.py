@@ -157,7 +157,7 @@ def check_source(start: Start, cfg, model_dir: Path, identity: dict) -> Source:
     spec = travel.lora_record(cfg.model.lora) if cfg.kind != "control" else None
     if start.kind in (RESUME, EXTEND):
         saved = checkpoint_fields(start.checkpoint)
-        notes = travel.check_base(saved.get("base"), identity, start.checkpoint, cfg.model.path, strict=True)
+        notes = travel.check_base(saved.get("base"), identity, start.checkpoint, cfg.model.path)
         rec = saved.get("lora")
         if spec and rec:
             travel.check_lora(spec, dict(rec, blocks=travel.blocks(rec["layers"], n_blocks),
@@ -183,5 +183,6 @@ def check_source(start: Start, cfg, model_dir: Path, identity: dict) -> Source:
     travel.check_dims(shape, json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")), src,
                       cfg.model.path)
     travel.check_lora(spec, travel.found_lora(shape, alpha), n_blocks, src)
-    notes = travel.check_base(base, identity, src, cfg.model.path, strict=False)
-    return Source(weights=weights, probe=probe, from_backend=wrote, notes=tuple(notes))
+    notes = travel.check_base(base, identity, src, cfg.model.path)
+    same_base = not base or base.get("weights") == identity["weights"]   # else the probe says nothing
+    return Source(weights=weights, probe=probe if same_base else None, from_backend=wrote, notes=tuple(notes))

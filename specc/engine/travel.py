@@ -103,8 +103,24 @@ def base_identity(model_dir: Path) -> dict:
             for i in range(16):
                 fh.seek(size * i // 16)
                 samples.append(fh.read(65536))
-    tok = [p.read_bytes() for p in (model_dir / n for n in TOKENIZER_FILES) if p.is_file()]
-    return {"arch": arch, "weights": _sha(samples), "tokenizer": _sha(tok) if tok else None}
+    return {"arch": arch, "weights": _sha(samples), "tokenizer": tokenizer_digest(model_dir)}
+
+
+def tokenizer_digest(model_dir: Path) -> str | None:
+    """What the token ids mean: tokenizer.json's vocabulary, merges and added tokens (so a file saved again by
+    another tokenizers version, with other whitespace or key order, is the same tokenizer), else the raw files."""
+    path = Path(model_dir) / "tokenizer.json"
+    if path.is_file():
+        try:
+            tok = json.loads(path.read_text(encoding="utf-8"))
+            model = tok.get("model") or {}
+            meaning = {"type": model.get("type"), "vocab": model.get("vocab"), "merges": model.get("merges"),
+                       "added": sorted((t.get("id"), t.get("content")) for t in tok.get("added_tokens") or [])}
+            return _sha([json.dumps(meaning, sort_keys=True)])
+        except (OSError, ValueError, AttributeError, TypeError):
+            pass
+    files = [p.read_bytes() for p in (Path(model_dir) / n for n in TOKENIZER_FILES) if p.is_file()]
+    return _sha(files) if files else None
 
 
 def describe_arch(arch: dict) -> str:
@@ -112,11 +128,12 @@ def describe_arch(arch: dict) -> str:
     return ", ".join(f"{arch[k]}{unit}" for k, unit in keys if k in arch) or "unknown"
 
 
-def check_base(saved: dict | None, now: dict, source: Path, model_path: str, *, strict: bool) -> list[str]:
-    """Refuse an adapter trained on another base model or tokenizer; warnings for what may still be fine.
+def check_base(saved: dict | None, now: dict, source: Path, model_path: str) -> list[str]:
+    """Refuse an adapter trained on another base model (architecture) or tokenizer, saying what differs.
 
-    strict (resume, extend): any difference is an error. Otherwise (--init-from) the architecture and
-    the tokenizer must match, and other weights of the same architecture (a fine-tune of it) only warn."""
+    Other weights of the same architecture only warn: the same model saved again (other shards, a copy)
+    is fine, and a resume's probe check (check_probe) fails loudly when the weights really differ, while
+    --init-from from an adapter trained on another checkpoint of the architecture is a choice."""
     if not saved:
         return []
     problems, warnings = [], []
@@ -124,9 +141,9 @@ def check_base(saved: dict | None, now: dict, source: Path, model_path: str, *, 
         problems.append(f"the base model differs: {source} was trained on {describe_arch(saved.get('arch') or {})}; "
                         f"{model_path} is {describe_arch(now['arch'])}")
     elif saved.get("weights") != now["weights"]:
-        text = (f"the base model's weights differ from the ones {source} was trained on "
-                f"(the same architecture, {describe_arch(now['arch'])}, but another checkpoint of it)")
-        (problems if strict else warnings).append(text)
+        warnings.append(f"the base model's files differ from the ones {source} was trained on (the same "
+                        f"architecture, {describe_arch(now['arch'])}: the same model saved again, or another "
+                        "checkpoint of it)")
     if saved.get("tokenizer") != now["tokenizer"]:
         problems.append(f"the tokenizer differs from the one {source} was trained with (token ids mean other "
                         "tokens, so its weights do not apply)")
@@ -245,9 +262,12 @@ def check_probe(saved: dict | None, backend: Backend, batch: Batch, source: Path
     line = (f"probe loss {now['loss']:.6f} on {now['backend']} ({now['dtype']}, {now['quantization']}) vs "
             f"{saved['loss']:.6f} measured by {saved.get('backend')} when it was saved")
     if diff > rtol * abs(saved["loss"]) + atol:
-        raise UserError(f"{source}: the loaded adapter does not reproduce its loss: {line} "
-                        f"(tolerance {rtol:g} relative + {atol:g}); it was not converted correctly, or the base "
-                        "model or quantization changed", where=str(source),
-                        hint=f"resume it with --backend {saved.get('backend')}, and report this (layout "
-                             "conversion) with both backends' versions")
+        same = saved.get("backend") == now["backend"]
+        raise UserError(f"{source}: the loaded adapter does not reproduce its loss: {line} (tolerance {rtol:g} "
+                        f"relative + {atol:g}): the base model or its quantization changed"
+                        + ("" if same else ", or the conversion between the backends' layouts is wrong"),
+                        where=str(source),
+                        hint="point model.path and model.quantization at what it was trained with, or start a new "
+                             "run with --resume never" + ("" if same else f"; resuming with --backend "
+                                                          f"{saved.get('backend')} avoids the conversion"))
     return line
