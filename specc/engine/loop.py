@@ -156,7 +156,8 @@ def save(s: Session, metrics: MetricsLog, progress: Progress) -> None:
     dist.barrier()
     main = dist.world().is_main
     if main:
-        path = ckpt.write_checkpoint(s.run_dir / "checkpoints", step, s.backend.state(), s.trainer_state(),
+        arrays, trainer_state = s.checkpoint()
+        path = ckpt.write_checkpoint(s.run_dir / "checkpoints", step, arrays, trainer_state,
                                      write_extra=lambda d: (s.export(d / "adapter"), fault_point("save", step)),
                                      keep_last=s.cfg.training.keep_last,
                                      protect={s.state.best_step} if s.state.best_step else ())
@@ -165,7 +166,7 @@ def save(s: Session, metrics: MetricsLog, progress: Progress) -> None:
     s.state.last_ckpt = step
     s.state.ckpt_s = seconds
     if main:
-        metrics.event(step, "checkpoint", path=path.name, seconds=round(seconds, 4))
+        metrics.event(step, "checkpoint", path=path.name, seconds=round(seconds, 4), backend=s.backend.name)
 
 
 def finish(s: Session, metrics: MetricsLog, progress: Progress, stop: Stop | None) -> dict:

@@ -75,7 +75,7 @@ def rescore(cfg: RunConfig, *, adapter: str = "best", base: bool = False, task: 
 def _adapter_source(run_dir: Path, adapter: str) -> tuple[Path, str]:
     if adapter in ("best", "final"):
         path = run_dir / ("best" if adapter == "best" else "adapter")
-        if not (path / ADAPTER_STATE).is_file():
+        if not (path / ADAPTER_STATE).is_file() and not (path / "adapter_config.json").is_file():
             raise UserError(f"{path} holds no adapter to score" + (" (the run has not finished, or is from an older "
                             "specc that did not save adapter_state.safetensors)" if path.is_dir() else ""),
                             hint="pass --adapter final, --adapter PATH (a checkpoints/step_N directory) or --base")

@@ -14,7 +14,8 @@ from specc.errors import UserError
 
 STATE_VERSION = 1
 # What the session adds to the state in a checkpoint (and reads back itself).
-SAVED_BY_SESSION = ("data_position", "schedule", "total_steps", "wall_s")
+SAVED_BY_SESSION = ("data_position", "schedule", "total_steps", "wall_s",
+                    "layout", "base", "lora", "probe")   # what the arrays are and fit (specc/engine/travel.py)
 # Keys an older specc wrote that mean nothing now.
 RETIRED = ("micro_step", "mem_warned", "peak_mem_mb", "format_version")
 

@@ -68,16 +68,25 @@ class TaskScoring:
 
 
 def load_adapter_dir(backend, path: Path) -> None:
-    """Load an adapter specc exported (best/, adapter/) or a checkpoint directory into the backend."""
+    """Load an adapter into the backend: specc's best/ or adapter/ (adapter_state.safetensors), a checkpoint
+    directory, or a PEFT / mlx-lm adapter directory (trained anywhere); all through the canonical layout."""
     from safetensors.numpy import load_file
 
+    from backends.layout import adapter_format, canonical_adapter, read_adapter_dir
+    from specc.engine.travel import adapter_weights, checkpoint_adapter
+
     path = Path(path)
-    for name in (ADAPTER_STATE, "state.safetensors"):
-        if (path / name).is_file():
-            backend.load_adapter_weights(dict(load_file(str(path / name))))
-            return
-    raise UserError(f"{path} holds no adapter specc can load ({ADAPTER_STATE} or a checkpoint's state.safetensors)",
-                    hint="pass a run's best/ or adapter/ directory, or a checkpoints/step_N directory")
+    if (path / ADAPTER_STATE).is_file():
+        weights = canonical_adapter({k[len("adapter/"):]: v for k, v in load_file(str(path / ADAPTER_STATE)).items()})
+    elif (path / "state.safetensors").is_file():
+        weights = checkpoint_adapter(dict(load_file(str(path / "state.safetensors"))))
+    elif adapter_format(path):
+        weights = read_adapter_dir(path).weights
+    else:
+        raise UserError(f"{path} holds no adapter specc can load",
+                        hint=f"pass a run's best/ or adapter/ ({ADAPTER_STATE}), a checkpoints/step_N directory, or a "
+                             "PEFT (adapter_config.json + adapter_model.safetensors) or mlx-lm adapter directory")
+    backend.load_adapter_weights(adapter_weights(backend, weights))
 
 
 def adapter_label(run_dir: Path, which: str, state) -> str:
