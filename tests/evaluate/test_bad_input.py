@@ -82,3 +82,19 @@ def test_eval_results_say_which_adapter_and_decoding(tmp_path):
     assert json.loads((run / "summary.json").read_text())["eval_base"]["capitalize"]["adapter"] == "base model"
     r = specc("eval", str(run), "--task", "nosuch", cwd=tmp_path)
     assert r.returncode == 1 and "no task 'nosuch'" in r.stderr
+
+
+def test_eval_scores_an_adapter_directory_written_for_another_tool(tmp_path):
+    """`specc eval --adapter PATH` takes a PEFT directory (here the run's own export) and scores what best/ scores."""
+    spec = _quickstart(tmp_path)
+    env = {"OMP_NUM_THREADS": "1"}
+    assert specc("run", str(spec), "--backend", "torch", cwd=tmp_path, env=env).returncode == 0
+    run = tmp_path / "runs" / "quickstart" / "main"
+    best = json.loads((run / "eval" / "capitalize.json").read_text())
+    r = specc("export", str(run), "--adapter", "best", "--format", "peft", "--out", str(tmp_path / "peft"), cwd=tmp_path,
+              env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = specc("eval", str(run), "--adapter", str(tmp_path / "peft"), "--backend", "mlx", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = json.loads((run / "eval" / "capitalize.json").read_text())
+    assert again["adapter"] == str(tmp_path / "peft") and again["mean"] == best["mean"]
