@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jinja2
 
-from specc.emit.sbatch import job_flags, q, render_flags, safe
+from specc.emit.sbatch import environment_lines, job_flags, q, render_flags, safe
 from specc.errors import staged
 from specc.plan.baseline import Baseline, resolve_baseline
 from specc.plan.runs import ExperimentPlan, RunPlan
@@ -112,6 +112,7 @@ def job_script(run: RunPlan, source: str, *, stage, select_config, log, job_name
     return _env().get_template("job.sbatch.j2").render(
         source=safe(source), what=safe(what),   # comment lines: a newline in a spec's path would start a command
         sbatch_lines=render_flags(job_flags(run, stage=stage, log=log, job_name=job_name, array=array)),
+        environment=environment_lines(res),
         max_requeues=int(res.max_requeues), select_config=select_config,
         stage_arg=" --stage test" if stage == "test" else "", gate=gate,
         distributed=distributed, gpus_per_node=gpus_per_node, cpus_per_rank=max(1, res.cpus // gpus_per_node),
@@ -134,6 +135,20 @@ def array_script(plan: ExperimentPlan, source: str, stage: str | None) -> str:
     return job_script(lead, source, stage=stage, select_config=select, array=array, gate=gate,
                       log=f"runs/{plan.experiment}/logs/%x-%A_%a.out", job_name=f"{plan.experiment}{suffix}",
                       what=f"Every run of {plan.experiment} as one job array" + (" (test stage)." if stage else "."))
+
+
+def job_settings(res) -> list[tuple[str, str, str]]:
+    """(setting, value, where it came from) for plan.md: account, mail, env, setup lines, extra sbatch options."""
+    src = dict(res.settings_from)
+    rows = [(f, v, src.get(f, "")) for f, v in (("account", res.account), ("constraint", res.constraint)) if v]
+    if res.exclusive:
+        rows.append(("exclusive", "yes", src.get("exclusive", "")))
+    if res.mail_user:
+        rows.append(("mail", f"{res.mail_user} ({res.mail_type})", src.get("mail", "")))
+    rows += [(f"env {k}", v, src.get(f"env.{k}", "")) for k, v in res.env]
+    rows += [(f"setup {i}", line, src.get(f"setup.{i}", "")) for i, line in enumerate(res.setup, 1)]
+    rows += [(f"--{k}", v or "(flag)", src.get(f"extra_sbatch.{k}", "")) for k, v in res.extra_sbatch]
+    return [(n, str(v).replace("|", "\\|").replace("`", "'"), s) for n, v, s in rows]
 
 
 def _seconds(t: str) -> int:
@@ -205,7 +220,7 @@ def plan_markdown(loaded: LoadedSpec, plan: ExperimentPlan, source: str, baselin
         computed_changes=[(c, _fmt(a), _fmt(b)) for c, a, b in (baseline.changes if baseline else ())],
         runs=rows, step_notes=notes[:5] + ([f"… and {len(notes) - 5} more"] if len(notes) > 5 else []),
         sweep=sweep, profile=spec.profile, provenance=provenance, schedule_text=schedule_text,
-        resources=first.resources, catalog=plan.catalog_source, test_stage=test, estimates=estimates,
+        resources=first.resources, job_settings=job_settings(first.resources), catalog=plan.catalog_source, test_stage=test, estimates=estimates,
         warnings=list(plan.warnings),
     )
 

@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass, fields
 
 from specc.errors import SpecIssue
+from specc.plan.jobenv import resolve_job_settings
 from specc.spec.clusters import Catalog, Cluster
 from specc.spec.loader import Located
 from specc.spec.model import Spec, format_time, parse_time
@@ -28,11 +29,30 @@ class ResolvedResources:
     max_requeues: int
     signal_lead_s: int
     signal_lead_source: str
+    # The job settings (plan/jobenv.py): the spec's resources over the cluster's defaults.
+    account: str | None = None
+    constraint: str | None = None
+    exclusive: bool = False
+    mail_user: str | None = None
+    mail_type: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    setup: tuple[str, ...] = ()
+    extra_sbatch: tuple[tuple[str, str], ...] = ()
+    settings_from: tuple[tuple[str, str], ...] = ()      # field (env.NAME, setup.2, ...) → "spec" | "cluster X"
 
     def to_dict(self) -> dict:
-        d = {f: getattr(self, f) for f in _FIELDS}   # every value is a scalar but choices (asdict deep-copies: slow)
+        d = {f: getattr(self, f) for f in _FIELDS}   # every value is a scalar but these (asdict deep-copies: slow)
         d["choices"] = [list(c) for c in self.choices]
+        for f in ("env", "extra_sbatch", "settings_from"):
+            d[f] = dict(d[f])
+        d["setup"] = list(self.setup)
         return d
+
+    @property
+    def job_shape(self) -> tuple:
+        """What the #SBATCH lines and the script's environment depend on: runs of one shape share a job array."""
+        return tuple(getattr(self, f) for f in _FIELDS if f not in ("time_source", "signal_lead_source",
+                                                                    "settings_from"))
 
 
 _FIELDS = tuple(f.name for f in fields(ResolvedResources))
@@ -132,7 +152,8 @@ def resolve_resources(spec: Spec, catalog: Catalog, located: Located, issues: li
     if not choices:
         choices = [(r.cluster, partition, qos)]
     return ResolvedResources(r.cluster, partition, qos, r.gpus, r.gpu_type or part.gpu_type, r.nodes, r.cpus, r.mem,
-                             time, time_source, tuple(choices), r.max_requeues, int(lead), lead_source)
+                             time, time_source, tuple(choices), r.max_requeues, int(lead), lead_source,
+                             **resolve_job_settings(r, r.cluster, cluster))
 
 
 def _placeholder(r) -> ResolvedResources:

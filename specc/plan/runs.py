@@ -286,4 +286,5 @@ def _trainer_config(spec: Spec, spec_dir: Path, name, kind, index, point, steps,
         "profile": spec.profile,
         "provenance": dict(provenance),
         "continuation": spec.continuation.model_dump(mode="json") if spec.continuation else None,
+        "tracking": spec.tracking.model_dump(mode="json") if spec.tracking else None,
     }

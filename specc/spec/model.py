@@ -12,30 +12,17 @@ import re
 from functools import lru_cache
 from typing import Annotated, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
+
+from specc.spec.base import Name, Strict
+from specc.spec.jobenv import JobSettings
+from specc.spec.tracking import Tracking
 
 SLUG = re.compile(r"^[A-Za-z0-9._-]+$")
 TIME = re.compile(r"^(?:(\d+)-)?(\d{1,3}):(\d{2})(?::(\d{2}))?$")
 MEM = re.compile(r"^\d+(?:\.\d+)?[KMGT]?$")
 
 
-class Strict(BaseModel):
-    # No inf/nan: `epochs: .inf` would otherwise pass `gt=0` and crash the planner.
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _plain_name(v: str) -> str:
-    # Cluster, partition, QoS and GPU-type names reach #SBATCH lines: a newline would end one.
-    if _CONTROL.search(v):
-        raise ValueError(f"{v!r} contains control characters (newline, tab, ...)")
-    return v
-
-
-# A name that may reach an sbatch script.
-Name = Annotated[str, Field(min_length=1), AfterValidator(_plain_name)]
 
 
 @lru_cache(maxsize=1024)
@@ -188,7 +175,8 @@ class Choice(Strict):
     qos: Name | None = None
 
 
-class Resources(Strict):
+class Resources(JobSettings):
+    """Resources of a run's job; the job settings (account, mail, env, setup, ...) come from JobSettings."""
     cluster: Name = "local"
     catalog: str | None = Field(None, description="clusters catalog YAML; default: clusters.yaml beside the spec, else the built-in")
     partition: Name | None = None
@@ -253,6 +241,7 @@ class Spec(Strict):
     resources: Resources = Field(default_factory=Resources)
     stages: Stages = Field(default_factory=Stages)
     sweep: Sweep | None = None
+    tracking: Tracking | None = Field(None, description="experiment trackers the runs log to (MLflow, Weights & Biases)")
     backend: str = Field("auto", description="auto, torch, mlx, or a backend registered in the specc.backends "
                                              "entry-point group")
 
@@ -276,4 +265,4 @@ class Spec(Strict):
 
 
 SECTION_MODELS = {"hypothesis": Hypothesis, "model": Model, "data": Data, "training": Training,
-                  "resources": Resources, "stages": Stages, "sweep": Sweep}
+                  "resources": Resources, "stages": Stages, "sweep": Sweep, "tracking": Tracking}
