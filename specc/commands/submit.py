@@ -22,6 +22,9 @@ def submit(
     dry_run: bool = typer.Option(False, "--dry-run", help="compile, choose partitions and print the sbatch commands; submit nothing"),
     run_name: Optional[str] = typer.Option(None, "--run", help="submit only this run of a sweep (its own jobs, not the array)"),
     out_dir: Path = typer.Option(Path("generated"), "--out", help="where compiled artifacts go"),
+    unfinished: bool = typer.Option(False, "--unfinished", help="submit again only the runs that did not finish "
+                                    "(interrupted, timed out, failed on a node, never started); each resumes from "
+                                    "its newest valid checkpoint"),
 ):
     """Compile a spec and submit it to SLURM: the test stage first, the full run (or sweep array) after it.
 
@@ -48,11 +51,19 @@ def submit(
     for w in plan.warnings:
         out.print(f"  [yellow]warning[/]: {escape(w)}")
     have_sinfo = client.available()
-    planned = plan_jobs(plan, out_dir, run_name, sinfo=client.sinfo_nodes if have_sinfo else None)
+    only = None
+    if unfinished:
+        only = _unfinished(plan, run_name)
+        if not only:
+            out.print("nothing to resubmit: every run finished, is still queued or running, or must be fixed first")
+            return
+    planned = plan_jobs(plan, out_dir, run_name, sinfo=client.sinfo_nodes if have_sinfo else None, only=only)
     for job in planned:
         d = job.decision
         if d.chosen is None:
             raise UserError(f"{job.label}: {d.why}", hint="change resources (or the choices) in the spec")
+        if job.array and job.stage == "full" and job.why:
+            out.print(f"[bold]{job.script.name}[/]: {escape(job.why)}")
         out.print(f"[bold]{job.label}[/] → {escape(d.chosen.label)}: {escape(d.why)}")
     env = job_env()
     if dry_run:
@@ -63,13 +74,29 @@ def submit(
     if not have_sinfo:
         raise UserError("sbatch not found: SLURM's client commands are not installed here",
                         hint="run this on the cluster's login node, or use --dry-run to see the commands")
-    busy = active_jobs(load_jobs(plan.experiment), sorted({r.name for job in planned for r in job.runs}))
+    busy = active_jobs(load_jobs(plan.experiment), sorted({r.name for job in planned for _, r in job.members}))
     if busy:
         listing = ", ".join(f"{run} {rec.stage} job {rec.job_id} {state}" for run, rec, state in busy)
         raise UserError(f"already submitted and not finished: {listing}",
                         hint=f"wait, or `specc cancel {plan.experiment}` first (runs resume from their checkpoints)")
     submit_jobs(plan, planned, env, say=lambda m: out.print(f"[green]{escape(m)}[/]"))
     out.print(f"jobs recorded in runs/{plan.experiment}/jobs.json; follow them with `specc status {plan.experiment}`")
+
+
+def _unfinished(plan, run_name) -> dict[str, bool]:
+    """--unfinished: say what is resubmitted and what is left alone; {run: its test stage runs again}."""
+    from specc.slurm.state import load_jobs
+    from specc.slurm.unfinished import verdicts
+
+    runs = [r for r in plan.runs if run_name is None or r.name == run_name]
+    chosen = {}
+    for v in verdicts(plan.experiment, runs, load_jobs(plan.experiment)):
+        if v.resubmit:
+            chosen[v.run] = v.retest
+            out.print(f"[green]resubmit[/] {escape(v.run)}: {escape(v.why)}")
+        else:
+            out.print(f"[yellow]skip[/] {escape(v.run)}: {escape(v.why)}")
+    return chosen
 
 
 @app.command()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from specc.errors import SpecIssue
 from specc.plan.jobenv import resolve_job_settings
@@ -11,6 +11,7 @@ from specc.spec.loader import Located
 from specc.spec.model import Spec, format_time, parse_time
 
 DEFAULT_SIGNAL_LEAD_S = 180   # until a checkpoint time is measured: generous for a LoRA adapter save
+CONTROL_TIME_S = 1800         # an eval-only control run until its evaluation is estimated (a calibration)
 
 
 @dataclass(frozen=True)
@@ -159,3 +160,21 @@ def resolve_resources(spec: Spec, catalog: Catalog, located: Located, issues: li
 def _placeholder(r) -> ResolvedResources:
     return ResolvedResources(r.cluster, r.partition or "?", r.qos, r.gpus, r.gpu_type, r.nodes, r.cpus, r.mem,
                              r.time or "00:00:00", "unresolved", (), r.max_requeues, 0, "unresolved")
+
+
+def control_resources(res: ResolvedResources, catalog: Catalog) -> ResolvedResources:
+    """An eval-only control run's job: one GPU at most, one node, and its own short limit.
+
+    The limit is CONTROL_TIME_S (or the training runs' limit, if shorter) until the evaluation is estimated
+    (estimate/attach.py sets it from a calibration); the evaluation is the base model's validation (and test)
+    loss, which needs neither several ranks nor the training runs' hours."""
+    cluster = catalog.clusters.get(res.cluster)
+    part = cluster.partitions.get(res.partition) if cluster else None
+    cap = min(parse_time(res.time), part.max_seconds if part else parse_time(res.time))
+    seconds = min(CONTROL_TIME_S, cap)
+    source = (f"eval-only control run: {format_time(seconds)} until its evaluation is estimated "
+              "(`specc calibrate` measures it)")
+    explicit = res.signal_lead_source == "resources.signal_lead_s"
+    lead = res.signal_lead_s if explicit else min(DEFAULT_SIGNAL_LEAD_S, max(10, seconds // 4))
+    return replace(res, gpus=min(res.gpus, 1), nodes=1, time=format_time(seconds), time_source=source,
+                   signal_lead_s=int(lead), signal_lead_source=res.signal_lead_source)

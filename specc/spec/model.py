@@ -213,11 +213,20 @@ class Stages(Strict):
     test: TestStage | None = None
 
 
+class ResourceRule(Strict):
+    """Resources for the sweep points that match: `{when: {model.size: 3B}, set: {time: "08:00:00", mem: 128G}}`."""
+    when: dict[str, Union[str, int, float, bool]] = Field(min_length=1, description="dotted spec fields and the values "
+                                                          "a run must have (after the sweep point is applied)")
+    set: dict = Field(min_length=1, description="resources fields for those runs (over the spec's resources)")
+
+
 class Sweep(Strict):
     matrix: dict[str, list[Union[dict, str, int, float, bool, None]]] = Field(min_length=1)
     name: str = Field(min_length=1, description="run-name template, e.g. {model.size}_rank{model.lora.rank}")
     control: bool = Field(False, description="add eval-only runs of each distinct base model")
-    max_concurrent: int | None = Field(None, ge=1, description="job-array concurrency limit (%N)")
+    max_concurrent: int | None = Field(None, ge=1, description="job-array concurrency limit (%N), per array")
+    resources: list[ResourceRule] = Field(default_factory=list, description="per-shape resources: the first rule "
+                                          "whose `when` matches a run sets its resources; one job array per shape")
 
 
 class Continuation(Strict):

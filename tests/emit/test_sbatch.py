@@ -55,9 +55,14 @@ def test_committed_scripts_parse_into_single_word_flags():
 def test_sweep_array_script():
     text = (REPO / "generated" / "llama32-lora-rank-sweep" / "array.sbatch").read_text()
     flags = dict(parse_sbatch_lines(text))
-    assert flags["array"] == "0-13%4"
+    # Issue 14: the control runs are eval-only jobs of their own (control_array.sbatch), not GPU-hour tasks of this one.
+    assert flags["array"] == "0-11%4"
     assert flags["output"] == "runs/llama32-lora-rank-sweep/logs/%x-%A_%a.out" and "%A_%a" in flags["output"]
-    assert text.count("/config.json") == 14 and "control_3B/config.json" in text
+    assert text.count("/config.json") == 12 and "control_3B/config.json" not in text
+    controls = (REPO / "generated" / "llama32-lora-rank-sweep" / "control_array.sbatch").read_text()
+    control_flags = dict(parse_sbatch_lines(controls))
+    assert control_flags["array"] == "0-1%4" and control_flags["time"] == "00:30:00" and flags["time"] == "04:00:00"
+    assert controls.count("/config.json") == 2 and "control_3B/config.json" in controls
 
 
 # --- the primitives -------------------------------------------------------------------------------
