@@ -102,12 +102,14 @@ def _unfinished(plan, run_name) -> dict[str, bool]:
 @app.command()
 def status(
     experiment: Optional[str] = typer.Argument(None, help="an experiment (default: every one with runs/<exp>/jobs.json)"),
+    watch: bool = typer.Option(False, "--watch", help="refresh the table until every job has ended"),
+    interval: float = typer.Option(10.0, "--interval", min=0.5, help="seconds between refreshes with --watch"),
 ):
-    """Runs, their SLURM jobs and progress: state, step, loss, ETA, restarts, and why a full run was blocked."""
+    """Runs, their SLURM jobs and progress: state, step, loss, ETA, restarts, time and GPU-hours asked and used."""
+    import time
 
     from specc.slurm.state import known_experiments
-    from specc.fmt import compact_duration
-    from specc.slurm.status import rows
+    from specc.slurm.status import all_ended
 
     # In a log or a pipe rich would wrap the table at 80 columns; keep one row per line there.
     console = out if out.is_terminal else wide_stdout(300)
@@ -119,15 +121,39 @@ def status(
         if not Path("runs", name, "jobs.json").is_file():
             raise UserError(f"no jobs recorded for experiment {name!r} (runs/{name}/jobs.json)",
                             hint="submit it with `specc submit SPEC`")
-        table = Table(title=f"{name}", title_justify="left")
-        for col in ("run", "stage", "job", "partition", "state", "step", "loss", "eta", "restarts", "note"):
-            table.add_column(col, overflow="fold", no_wrap=col != "note")
-        for r in rows(name):
-            step = "—" if r.step is None else (f"{r.step}/{r.total}" if r.total else str(r.step))
-            loss = "—" if r.loss is None else f"{r.loss:.4f}"
-            table.add_row(r.run, r.stage, r.job_id, r.partition, r.state, step, loss, compact_duration(r.eta_s),
-                          "—" if r.restarts is None else str(r.restarts), escape(r.note))
-        console.print(table)
+    while True:
+        tables = [_status_table(name) for name in names]
+        if watch and console.is_terminal:
+            console.clear()
+        for table, _ in tables:
+            console.print(table)
+        if not watch or all(all_ended(found) for _, found in tables):
+            return
+        console.print(f"[dim]refreshing every {interval:g} s until every job has ended (Ctrl-C stops)[/]")
+        time.sleep(interval)
+
+
+def _status_table(name: str):
+    from specc.fmt import compact_duration
+    from specc.slurm.status import rows
+
+    table = Table(title=f"{name}", title_justify="left")
+    for col in ("run", "stage", "job", "partition", "state", "step", "loss", "eta", "restarts", "asked", "used",
+                "used/asked", "GPU-h used/asked", "note"):
+        table.add_column(col, overflow="fold", no_wrap=col != "note")
+    found = rows(name)
+    for r in found:
+        step = "—" if r.step is None else (f"{r.step}/{r.total}" if r.total else str(r.step))
+        loss = "—" if r.loss is None else f"{r.loss:.4f}"
+        u = r.usage
+        asked = compact_duration(u.asked_s) if u else "—"
+        used = (compact_duration(u.used_s) + f" ({u.source})") if u and u.used_s is not None else "—"
+        ratio = f"{u.ratio:.0%}" if u and u.ratio is not None else "—"
+        gpu_h = f"{u.used_gpu_h:.2f}/{u.asked_gpu_h:.2f}" if u and u.gpus and u.used_s is not None and u.asked_s \
+            else "—"
+        table.add_row(r.run, r.stage, r.job_id, r.partition, r.state, step, loss, compact_duration(r.eta_s),
+                      "—" if r.restarts is None else str(r.restarts), asked, used, ratio, gpu_h, escape(r.note))
+    return table, found
 
 
 @app.command()

@@ -41,7 +41,8 @@ def train(s: Session) -> dict:
     memory = MemoryWatch()
     memory.restore(state.memory_watch)
     progress = Progress(s.total_steps, s.console)
-    metrics = MetricsLog(s.run_dir, resume_step=state.step if s.resumed else None) if world.is_main else NullLog()
+    metrics = MetricsLog(s.run_dir, resume_step=state.step if s.resumed else None, tracker=s.tracker) \
+        if world.is_main else NullLog()
     stop: Stop | None = None
     start = state.history[-1]
     if start["kind"] != "fresh":   # plots and watch mark where a run was resumed, extended or re-initialised
@@ -107,7 +108,7 @@ def train(s: Session) -> dict:
                     stop = Stop("interrupted", f"{interrupt} received; checkpointed at step {state.step}")
                     break
         except BaseException:
-            s.close()          # a failed run frees its directory too
+            s.close(failed=True)   # a failed run frees its directory (and ends its tracker's run) too
             raise
         finally:
             progress.close()
@@ -176,7 +177,7 @@ def finish(s: Session, metrics: MetricsLog, progress: Progress, stop: Stop | Non
             ckpt.write_tree_atomic(s.run_dir / "adapter", lambda d: (s.export(d), fault_point("final", state.step)))
         dist.barrier()
     metrics.event(state.step, status, reason=reason)
-    metrics.close()
+    metrics.close(status)
     summary = s.write_summary(status, reason)
     s.console.print(f"{status}: {reason}", markup=False)
     return summary

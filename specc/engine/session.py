@@ -30,6 +30,7 @@ from specc.engine.state import TrainerState
 from specc.engine.summary import write_running, write_summary
 from specc.errors import UserError, staged
 from specc.plan.schedule import ScheduleSpec, extend
+from specc.tracking import open_tracker
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Session:
     resumed: bool
     lock: RunLock | None = None     # held for the life of the process (a kill frees it)
     started: float = field(default_factory=time.time)
+    tracker: object | None = None   # specc.tracking.Tracker (MLflow, W&B), rank 0 only; None without `tracking`
 
     def export(self, path: Path, val_loss: float | None = None) -> None:
         """The adapter in its ecosystem's format, plus a small note of where it came from."""
@@ -66,8 +68,10 @@ class Session:
     def write_running(self) -> None:
         write_running(self)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         """Let the next trainer in: release the run directory's lock (process exit would too)."""
+        if failed and self.tracker is not None:
+            self.tracker.close("failed")
         if self.lock is not None:
             self.lock.release()
 
@@ -169,8 +173,9 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
     state.history = [*state.history, {"kind": start.kind, "step": state.step, "total_steps": total, "backend": name,
                                       "at": round(time.time(), 3)}]
     state.backend, state.dataset = name, _data_digest(data)
+    tracker = open_tracker(cfg.raw, run_dir, resumed=start.kind in (RESUME, EXTEND)) if world.is_main else None
     return Session(cfg, console, run_dir, backend, reason, data, stream, schedule, total, state,
-                   start.kind in (RESUME, EXTEND), lock=lock)
+                   start.kind in (RESUME, EXTEND), lock=lock, tracker=tracker)
 
 
 def _lora_settings(cfg: RunConfig) -> LoraSettings | None:
@@ -252,6 +257,9 @@ def evaluate_control(s: Session) -> dict:
         s.console.print(f"control {split}: loss {total / max(n, 1):.4f} over {n} target tokens of {examples} examples",
                         markup=False)
     s.state.best_val_loss = results.get("val_loss")
+    if s.tracker is not None:   # the base model's numbers, at step 0
+        s.tracker.write({"step": 0, "t": time.time(), **results})
+        s.tracker.close("completed")
     try:
         return s.write_summary("completed", "control run: base model evaluated", results)
     finally:
