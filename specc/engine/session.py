@@ -173,9 +173,10 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
     state.history = [*state.history, {"kind": start.kind, "step": state.step, "total_steps": total, "backend": name,
                                       "at": round(time.time(), 3)}]
     state.backend, state.dataset = name, _data_digest(data)
-    tracker = open_tracker(cfg.raw, run_dir, resumed=start.kind in (RESUME, EXTEND)) if world.is_main else None
-    return Session(cfg, console, run_dir, backend, reason, data, stream, schedule, total, state,
-                   start.kind in (RESUME, EXTEND), lock=lock, tracker=tracker)
+    resumed = start.kind in (RESUME, EXTEND)
+    tracker = open_tracker(cfg.raw, run_dir, resumed=resumed, resume_step=state.step) if world.is_main else None
+    return Session(cfg, console, run_dir, backend, reason, data, stream, schedule, total, state, resumed, lock=lock,
+                   tracker=tracker)
 
 
 def _lora_settings(cfg: RunConfig) -> LoraSettings | None:

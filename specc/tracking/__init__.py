@@ -56,9 +56,17 @@ class Tracker:
             warn(f"tracking: {sink.name} failed ({text}); training goes on without it "
                  "(metrics.jsonl has everything; summary.json records this)")
 
-    def open(self, config: dict, resumed: bool) -> None:
+    def open(self, config: dict, resumed: bool, resume_step: int | None = None) -> None:
+        """Open every sink; a resumed run replays its committed lines (steps up to the checkpoint), of which
+        each sink logs only the steps it does not hold yet (a tracker that was down, or lost lines)."""
         for sink in self.sinks:
             self._call(sink, "open", config, resumed)
+        if resume_step is not None:
+            from specc.rundir import iter_jsonl
+
+            committed = [r for r in iter_jsonl(self.run_dir / "metrics.jsonl") if r.get("step", 0) <= resume_step]
+            for sink in self.sinks:
+                self._call(sink, "log", committed)
 
     def write(self, record: dict) -> None:
         self.pending.append(record)
@@ -89,7 +97,7 @@ class Tracker:
         return out
 
 
-def open_tracker(config: dict, run_dir: Path, *, resumed: bool) -> Tracker | None:
+def open_tracker(config: dict, run_dir: Path, *, resumed: bool, resume_step: int | None = None) -> Tracker | None:
     """The run's tracker, or None when the spec has no `tracking` section."""
     section = config.get("tracking") or {}
     sinks = []
@@ -102,7 +110,7 @@ def open_tracker(config: dict, run_dir: Path, *, resumed: bool) -> Tracker | Non
     if not sinks:
         return None
     tracker = Tracker(sinks, run_dir)
-    tracker.open(config, resumed)
+    tracker.open(config, resumed, resume_step if resumed else None)
     return tracker
 
 
