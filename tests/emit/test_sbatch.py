@@ -114,7 +114,8 @@ def _write_experiment(root: Path, cluster: str, partition: str, qos: str, gpu_ty
         f"      {p}: {{max_time: \"1-00:00:00\", gpus_per_node: 4, gpu_type: {g}, cpus_per_node: 8, mem_gb: 64,"
         f" nodes: 2, starts_fast: true}}\n"
         f"    qos:\n      {qq}: {{max_time: \"1-00:00:00\"}}\n"
-        f"    gpu_types:\n      {g}: {{memory_gb: 80}}\n", encoding="utf-8")
+        f"    gpu_types:\n      {g}: {{memory_gb: 80}}\n"
+        f"    defaults: {{env: {{SPECC_TEST_DEFAULT: {cm}}}, extra_sbatch: {{wckey: {cm}}}}}\n", encoding="utf-8")
     spec = root / "hostile.yaml"
     spec.write_text(
         "experiment: hostile\nhypothesis: {statement: s}\nmodel: {path: /m, size: 1B}\n"
@@ -217,6 +218,12 @@ def test_hostile_names_never_run(cluster, partition, qos, gpu_type, account, con
             seen = subprocess.run([BASH, "-c", f'{export}\nprintf %s "$SPECC_TEST_VALUE"'], cwd=root, env=env,
                                   capture_output=True, text=True, timeout=10)
             assert seen.stdout == env_value
+            # The cluster's defaults (the catalog) reach the script the same way.
+            [default] = [line for line in script.read_text(encoding="utf-8").splitlines()
+                         if line.startswith("export SPECC_TEST_DEFAULT=")]
+            seen = subprocess.run([BASH, "-c", f'{default}\nprintf %s "$SPECC_TEST_DEFAULT"'], cwd=root, env=env,
+                                  capture_output=True, text=True, timeout=10)
+            assert seen.stdout == comment and parsed["wckey"] == comment
             stage = "test" if "test" in script.name else None
             suffix = ".test" if stage else ""
             if "/" in rel:
