@@ -124,7 +124,7 @@ def _row(experiment: str, run: str, rec: JobRecord, jobs: Jobs, root: Path, canc
     elif summary and state.startswith("COMPLETED"):
         best = summary.get("best_val_loss")
         note = summary.get("status", "") + (f", best val {best:.4f}" if isinstance(best, (int, float)) else "")
-    usage = run_usage(experiment, run, rec.stage, jobs, root, info or None)
+    usage = run_usage(experiment, run, rec.stage, jobs, root, info)
     return Row(run, rec.stage, rec.job_id, rec.partition, state, step, total, loss, eta, restarts, note, rec.log, usage)
 
 

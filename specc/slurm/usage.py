@@ -80,7 +80,8 @@ def sacct_rows(job_ids: list[str]) -> list[dict] | None:
 
 def run_usage(experiment: str, run: str, stage: str, jobs: Jobs | None = None, root: Path = RUNS_ROOT,
               info: dict | None = None) -> Usage:
-    """Used against asked for one run and stage ("full" or "test")."""
+    """Used against asked for one run and stage ("full" or "test"); `info`: its last job's scontrol record,
+    when the caller has it already ({} for a job SLURM no longer knows)."""
     jobs = jobs or load_jobs(experiment, root)
     recs = [r for r in jobs.runs.get(run, []) if r.stage == stage]
     d = RunDir.of(experiment, run, "test" if stage == "test" else None, root)
@@ -93,7 +94,7 @@ def run_usage(experiment: str, run: str, stage: str, jobs: Jobs | None = None, r
         limit = res.get("time")
     asked = parse_time(limit) if isinstance(limit, str) else None
     if recs and info is None:
-        info = client.job_record(recs[-1].job_id)
+        info = client.job_record(recs[-1].job_id) or {}
     if info and info.get("TimeLimit"):
         asked = parse_slurm_time(info["TimeLimit"]) or asked
     finished = summary.get("status") in ("completed", "early_stopped")
