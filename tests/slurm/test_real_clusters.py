@@ -42,7 +42,10 @@ def with_conf(conf: Path):
             os.environ["SLURM_CONF"] = str(conf)
 
         def __exit__(self, *exc):
-            os.environ["SLURM_CONF"] = self.old or ""
+            if self.old is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = self.old
     return _Env()
 
 
@@ -105,8 +108,7 @@ def test_a_run_its_time_limit_ended_is_resubmitted_alone_and_completes_every_ste
     info = wait_for_job_done(slow["job_id"], timeout=JOB_TIMEOUT)
     log = (root / slow["log"]).read_text()
     # Ended by the limit: killed at it (TIMEOUT), or checkpointed on its warning with no requeue left (exit 75).
-    assert (info["JobState"], info["ExitCode"]) in (("TIMEOUT", "0:0"), ("TIMEOUT", "0:9"), ("TIMEOUT", "0:15"),
-                                                    ("FAILED", "75:0")), (info, log)
+    assert info["JobState"] == "TIMEOUT" or (info["JobState"], info["ExitCode"]) == ("FAILED", "75:0"), (info, log)
     run_dir = root / f"runs/i14-limit/s{SLOW_STEPS}"
     first = json.loads((run_dir / "summary.json").read_text())
     assert first["status"] in ("interrupted", "running") and first["steps"] < SLOW_STEPS, first
