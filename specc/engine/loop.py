@@ -12,7 +12,7 @@ from specc.engine.metrics import MetricsLog, NullLog, Progress
 from specc.engine.policies import EarlyStopper, MemoryWatch, MovingAverage, Stop, non_finite
 from specc.engine.session import Session
 from specc.engine.signals import SignalGuard
-from specc.engine.tasks import score_after_training, score_in_training
+from specc.engine.tasks import score_after_training, score_in_training, score_lines
 from specc.errors import EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, staged
 from specc.plan.schedule import lr as lr_at
 
@@ -42,7 +42,8 @@ def train(s: Session) -> dict:
     memory = MemoryWatch()
     memory.restore(state.memory_watch)
     progress = Progress(s.total_steps, s.console)
-    metrics = MetricsLog(s.run_dir, resume_step=state.step if s.resumed else None) if world.is_main else NullLog()
+    metrics = MetricsLog(s.run_dir, resume_step=state.step if s.resumed else None, tracker=s.tracker) \
+        if world.is_main else NullLog()
     stop: Stop | None = None
     start = state.history[-1]
     if start["kind"] != "fresh":   # plots and watch mark where a run was resumed, extended or re-initialised
@@ -109,7 +110,7 @@ def train(s: Session) -> dict:
                     stop = Stop("interrupted", f"{interrupt} received; checkpointed at step {state.step}")
                     break
         except BaseException:
-            s.close()          # a failed run frees its directory too
+            s.close(failed=True)   # a failed run frees its directory (and ends its tracker's run) too
             raise
         finally:
             progress.close()
@@ -181,8 +182,10 @@ def finish(s: Session, metrics: MetricsLog, progress: Progress, stop: Stop | Non
                                    lambda d: (s.export(d, with_state=True), fault_point("final", state.step)))
         dist.barrier()
     results = score_after_training(s) if status in ("completed", "early_stopped") else {}
+    if results.get("eval"):    # the final task scores as a metrics line too (TensorBoard, trackers)
+        metrics.write({"step": state.step, **score_lines(results["eval"]), "final": True})
     metrics.event(state.step, status, reason=reason)
-    metrics.close()
+    metrics.close(status)
     summary = s.write_summary(status, reason, results)
     s.console.print(f"{status}: {reason}", markup=False)
     return summary

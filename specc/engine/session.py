@@ -31,9 +31,10 @@ from specc.engine.start import EXTEND, INIT_FROM, RESUME, check_source, decide_s
 from specc.engine.state import TrainerState
 from specc.engine.faults import fault_point
 from specc.engine.summary import write_running, write_summary
-from specc.engine.tasks import TaskScoring
+from specc.engine.tasks import TaskScoring, score_lines
 from specc.errors import UserError, staged
 from specc.plan.schedule import ScheduleSpec, extend
+from specc.tracking import open_tracker
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Session:
     probe_batch: object = None      # travel.probe_batch: the fixed batch whose loss a checkpoint records
     _round_trip_checked: bool = False
     _probed_at: tuple | None = None
+    tracker: object | None = None   # specc.tracking.Tracker (MLflow, W&B), rank 0 only; None without `tracking`
 
     def export(self, path: Path, val_loss: float | None = None, score: dict | None = None,
                with_state: bool = False) -> None:
@@ -112,8 +114,10 @@ class Session:
     def write_running(self) -> None:
         write_running(self)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         """Let the next trainer in: release the run directory's lock (process exit would too)."""
+        if failed and self.tracker is not None:
+            self.tracker.close("failed")
         if self.lock is not None:
             self.lock.release()
 
@@ -226,10 +230,11 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
     state.history = [*state.history, {"kind": start.kind, "step": state.step, "total_steps": total, "backend": name,
                                       **travelled, "at": round(time.time(), 3)}]
     state.backend, state.dataset = name, _data_digest(data)
-    return Session(cfg, console, run_dir, backend, reason, data, stream, schedule, total, state,
-                   start.kind in (RESUME, EXTEND), lock=lock, base=base,
-                   probe_batch=probe_batch if cfg.kind != "control" else None,
-                   tasks=TaskScoring(cfg, data, backend, model_dir))
+    resumed = start.kind in (RESUME, EXTEND)
+    tracker = open_tracker(cfg.raw, run_dir, resumed=resumed, resume_step=state.step) if world.is_main else None
+    return Session(cfg, console, run_dir, backend, reason, data, stream, schedule, total, state, resumed, lock=lock,
+                   base=base, probe_batch=probe_batch if cfg.kind != "control" else None,
+                   tasks=TaskScoring(cfg, data, backend, model_dir), tracker=tracker)
 
 
 def _probed(line: str | None, console: Console) -> None:
@@ -320,6 +325,10 @@ def evaluate_control(s: Session) -> dict:
         if s.tasks:
             results["eval"] = s.tasks.score_all(s.run_dir / "eval", "base model (control run)",
                                                 say=lambda m: s.console.print(m, markup=False))
+        if s.tracker is not None:   # the base model's numbers, at step 0
+            s.tracker.write({"step": 0, "t": time.time(), **{k: v for k, v in results.items() if k != "eval"},
+                             **score_lines(results.get("eval"))})
+            s.tracker.close("completed")
         return s.write_summary("completed", "control run: base model evaluated", results)
     finally:
         s.close()

@@ -82,6 +82,8 @@ def write_summary(s, status: str, reason: str, results: dict | None = None) -> d
         "estimate": s.cfg.raw.get("estimate") or {},
         **(results or {}),
     }
+    if getattr(s, "tracker", None) is not None:   # ok, or why not (a tracker that was down never stops a run)
+        summary["tracking"] = s.tracker.status()
     if dist.world().is_main:   # data-parallel: rank 0 writes the run's files
         write_json_atomic(s.run_dir / "summary.json", summary)
     return summary

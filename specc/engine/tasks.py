@@ -149,3 +149,13 @@ def score_after_training(s) -> dict:
         s.console.print(f"error: evaluation after training failed: {exc}\n  the adapter is saved; fix the cause and "
                         f"run `specc eval {s.run_dir}`", markup=False)
         return {"eval_error": str(exc)}
+
+
+def score_lines(entries: dict | None) -> dict:
+    """summary.json's "eval" entries as flat metrics: {"eval.<task>.<metric>": mean} (for metrics.jsonl, trackers)."""
+    out = {}
+    for task, entry in (entries or {}).items():
+        for metric, value in entry.items():
+            if metric not in ("ci95", "n", "skipped", "scorer_errors", "adapter") and isinstance(value, (int, float)):
+                out[f"eval.{task}.{metric}"] = value
+    return out

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from specc import __version__
 from specc.errors import SpecError, SpecIssue, UserError, staged
-from specc.plan.resources import ResolvedResources, resolve_resources
+from specc.plan.resources import ResolvedResources, control_resources, resolve_resources
 from specc.plan.schedule import ScheduleSpec
 from specc.plan.steps import StepCount, count_steps
-from specc.plan.sweep import (PLACEHOLDER, control_label, plain, point_issue, point_label, run_name, set_path,
+from specc.plan.sweep import (PLACEHOLDER, apply_resource_rules, control_label, plain, point_issue, point_label, run_name, set_path,
                               valid_field_path, validate_point)
 from specc.spec.clusters import load_catalog
 from specc.spec.model import SLUG, Spec
@@ -116,6 +116,9 @@ def plan_experiment(loaded: LoadedSpec, counted: dict[str, tuple[int, str]] | No
             issues += [point_issue(located, issue, point, value_index) for issue in point_issues]
             continue
         run_spec, provenance = _apply_profile(run_spec, point)
+        if spec.sweep is not None and spec.sweep.resources:
+            run_spec, by_rule = apply_resource_rules(spec, run_spec, located, issues)
+            provenance = tuple(sorted(dict(provenance, **dict(by_rule)).items()))
         if spec.sweep is not None:
             # Dump only the sections the naming template names: a large sweep plans thousands of runs.
             resolved = {s: plain(getattr(run_spec, s)) for s in name_sections if s in Spec.model_fields}
@@ -258,6 +261,8 @@ def _build_run(loaded: LoadedSpec, spec: Spec, name: str, kind: str, index: int,
         issues.append(located.issue(("stages", "test", "max_steps"),
                                     f"run {name}: the test stage ({test.max_steps} steps) must be shorter than the full run ({steps.steps})"))
     resources = _resolve(spec, catalog, located, issues, None, name, cache)
+    if kind == "control":
+        resources = control_resources(resources, catalog)
     test_resources = _resolve(spec, catalog, located, issues, "test", name, cache) if test and kind == "train" else None
     config = _trainer_config(spec, spec_dir, name, kind, index, point, steps, schedule, provenance, resources, test_resources)
     return RunPlan(spec.experiment, name, kind, index, tuple(point), spec, steps, schedule, tuple(provenance),
@@ -316,6 +321,7 @@ def _trainer_config(spec: Spec, spec_dir: Path, name, kind, index, point, steps,
         "profile": spec.profile,
         "provenance": dict(provenance),
         "continuation": spec.continuation.model_dump(mode="json") if spec.continuation else None,
+        "tracking": spec.tracking.model_dump(mode="json") if spec.tracking else None,
         **({"evaluation": spec.evaluation.model_dump(mode="json")} if spec.evaluation else {}),
         # a custom scorer is the spec author's code, imported from the spec's directory
         **({"spec_dir": _rel(spec_dir, ".")} if spec.evaluation and any(t.custom for t in spec.evaluation.tasks) else {}),

@@ -18,18 +18,18 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def _plain_name(v: str) -> str:
+def plain_name(v: str) -> str:
     # Cluster, partition, QoS and GPU-type names reach #SBATCH lines: a newline would end one.
-    if _CONTROL.search(v):
+    if CONTROL.search(v):
         raise ValueError(f"{v!r} contains control characters (newline, tab, ...)")
     return v
 
 
 # A name that may reach an sbatch script.
-Name = Annotated[str, Field(min_length=1), AfterValidator(_plain_name)]
+Name = Annotated[str, Field(min_length=1), AfterValidator(plain_name)]
 
 
 @lru_cache(maxsize=1024)

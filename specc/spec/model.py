@@ -15,6 +15,8 @@ from pydantic import Field, field_validator, model_validator
 from specc.spec.evaluation import Evaluation
 from specc.spec.fields import (MEM, SLUG, Name, SlurmTime, Strict, format_time,  # noqa: F401  (re-exported)
                                parse_time)
+from specc.spec.jobenv import JobSettings
+from specc.spec.tracking import Tracking
 
 Comparator = Literal["<", "<=", ">", ">=", "==", "within"]
 
@@ -144,7 +146,8 @@ class Choice(Strict):
     qos: Name | None = None
 
 
-class Resources(Strict):
+class Resources(JobSettings):
+    """Resources of a run's job; the job settings (account, mail, env, setup, ...) come from JobSettings."""
     cluster: Name = "local"
     catalog: str | None = Field(None, description="clusters catalog YAML; default: clusters.yaml beside the spec, else the built-in")
     partition: Name | None = None
@@ -181,11 +184,20 @@ class Stages(Strict):
     test: TestStage | None = None
 
 
+class ResourceRule(Strict):
+    """Resources for the sweep points that match: `{when: {model.size: 3B}, set: {time: "08:00:00", mem: 128G}}`."""
+    when: dict[str, Union[str, int, float, bool]] = Field(min_length=1, description="dotted spec fields and the values "
+                                                          "a run must have (after the sweep point is applied)")
+    set: dict = Field(min_length=1, description="resources fields for those runs (over the spec's resources)")
+
+
 class Sweep(Strict):
     matrix: dict[str, list[Union[dict, str, int, float, bool, None]]] = Field(min_length=1)
     name: str = Field(min_length=1, description="run-name template, e.g. {model.size}_rank{model.lora.rank}")
     control: bool = Field(False, description="add eval-only runs of each distinct base model")
-    max_concurrent: int | None = Field(None, ge=1, description="job-array concurrency limit (%N)")
+    max_concurrent: int | None = Field(None, ge=1, description="job-array concurrency limit (%N), per array")
+    resources: list[ResourceRule] = Field(default_factory=list, description="per-shape resources: the first rule "
+                                          "whose `when` matches a run sets its resources; one job array per shape")
 
 
 class Continuation(Strict):
@@ -211,6 +223,7 @@ class Spec(Strict):
     sweep: Sweep | None = None
     evaluation: Evaluation | None = Field(None, description="task scores from generation, on the adapter and on "
                                                                "control runs")
+    tracking: Tracking | None = Field(None, description="experiment trackers the runs log to (MLflow, Weights & Biases)")
     backend: str = Field("auto", description="auto, torch, mlx, or a backend registered in the specc.backends "
                                              "entry-point group")
     continuation: Continuation | None = None
@@ -234,4 +247,5 @@ class Spec(Strict):
 
 
 SECTION_MODELS = {"hypothesis": Hypothesis, "model": Model, "data": Data, "training": Training,
-                  "resources": Resources, "stages": Stages, "sweep": Sweep, "evaluation": Evaluation}
+                  "resources": Resources, "stages": Stages, "sweep": Sweep, "evaluation": Evaluation,
+                  "tracking": Tracking}
