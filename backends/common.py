@@ -113,3 +113,21 @@ def rss_memory() -> MemoryStats:
     current_mb = _resident_mb()
     current_mb = peak_mb if current_mb is None else current_mb
     return MemoryStats(current_mb, max(peak_mb, current_mb), "rss")
+
+
+# Besides config.json and the weights, what a model directory holds for its loaders (tokenizer, generation).
+MODEL_SIDE_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                    "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+                    "generation_config.json")
+
+
+def copy_side_files(src: Path, dst: Path) -> list[str]:
+    """Copy the tokenizer and generation files of model directory `src` into `dst` (a merged export)."""
+    import shutil
+
+    copied = []
+    for name in MODEL_SIDE_FILES:
+        if (Path(src) / name).is_file():
+            shutil.copyfile(Path(src) / name, Path(dst) / name)
+            copied.append(name)
+    return copied

@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 
 from backends.common import adapter_arrays, check_keys, check_shape, dtype_name, entries, model_dir, rss_memory
+from backends.layout import canonical_name, is_canonical
 from backends.mlx_forward import Forward, build_steps
 from backends.mlx_layout import arch_costs, model_inputs, token_cost
 from backends.mlx_load import add_lora, load, mlx_lm_version, quantize, select_device
-from backends.protocol import Batch, LoraSettings, MemoryStats, ModelSettings, OptimizerSettings, StepResult
+from backends.protocol import (Batch, GenerationSettings, LoraSettings, MemoryStats, ModelSettings, OptimizerSettings,
+                               StepResult)
 from specc.errors import UserError
 
 def _to_numpy(arr) -> np.ndarray:
@@ -190,6 +192,12 @@ class MLXBackend:
             self.model.train()
         return value, int(np.asarray(batch.loss_mask)[:, 1:].sum())
 
+    def generate(self, prompts: list[list[int]], settings: GenerationSettings) -> list[list[int]]:
+        from backends.mlx_generate import generate
+
+        self._require_setup()
+        return generate(self, prompts, settings)
+
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, np.ndarray]:
         import mlx.core as mx
@@ -243,8 +251,55 @@ class MLXBackend:
         import mlx.core as mx
 
         self._require_setup()
+        if is_canonical(state):   # a checkpoint's arrays as they are (backends/layout.py)
+            state = self.from_canonical({k: v for k, v in state.items() if k.startswith("adapter/")})
         self.model.load_weights(self._adapter_weights(state, "init-from adapter"), strict=False)
         mx.eval(self.model.trainable_parameters())
+
+    # ------------------------------------------------- canonical layout (backends/layout.py)
+    def to_canonical(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for k, v in entries(state, "adapter").items():
+            out[f"adapter/{canonical_name(k)}"] = v.T          # mlx-lm's [in, r] / [r, out] -> PEFT's
+        for k, v in entries(state, "optim").items():
+            if k == "step":
+                out["optim/step"] = np.asarray(v, dtype=np.int64)
+            elif k.endswith((".m", ".v")):
+                moment = "exp_avg" if k.endswith(".m") else "exp_avg_sq"
+                out[f"optim/{canonical_name(k[:-2])}/{moment}"] = v.T
+            elif k != "learning_rate":   # the engine sets the lr before every update
+                raise RuntimeError(f"unexpected mlx optimizer state entry {k!r}")
+        out.update({k: v for k, v in state.items() if k.startswith("rng/mlx_")})
+        return out
+
+    def from_canonical(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import mlx.core as mx
+        from mlx.utils import tree_flatten
+
+        self._require_setup()
+        names = {canonical_name(k): k for k, _ in tree_flatten(self.model.trainable_parameters())}
+        given = [k[len("adapter/"):] for k in arrays if k.startswith("adapter/")]
+        if given:   # name mismatches in canonical names (the converted ones would only confuse)
+            check_keys("adapter weights", names, given)
+        out: dict[str, np.ndarray] = {}
+        for canon, native in names.items():
+            if f"adapter/{canon}" in arrays:
+                out[f"adapter/{native}"] = np.asarray(arrays[f"adapter/{canon}"]).T
+            for moment, leaf in (("exp_avg", "m"), ("exp_avg_sq", "v")):
+                if f"optim/{canon}/{moment}" in arrays:
+                    out[f"optim/{native}.{leaf}"] = np.asarray(arrays[f"optim/{canon}/{moment}"]).T
+        if "optim/step" in arrays:
+            out["optim/step"] = np.asarray(arrays["optim/step"], dtype=np.uint64)
+            out["optim/learning_rate"] = _to_numpy(self.optimizer.state["learning_rate"])
+        out["rng/mlx_key"] = (np.asarray(arrays["rng/mlx_key"]) if "rng/mlx_key" in arrays else
+                              np.array(mx.random.state[0], dtype=np.uint32, copy=True))
+        return out
+
+    def export_merged(self, path: Path) -> dict[str, object]:
+        from backends.mlx_merge import export_merged
+
+        self._require_setup()
+        return export_merged(self, Path(path))
 
     def export_adapter(self, path: Path) -> None:
         """adapters.safetensors + adapter_config.json, as `mlx_lm lora` writes them."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.common import load_error, lora_blocks, quantization
+from backends.layout import MLX_BLOCK_KEYS
 from backends.protocol import LoraSettings
 from specc.errors import UserError
 
@@ -37,15 +38,7 @@ QUANT_MODE = "affine"
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 # HF module names -> path inside an mlx-lm transformer block.
-HF_TO_MLX_KEYS = {
-    "q_proj": "self_attn.q_proj",
-    "k_proj": "self_attn.k_proj",
-    "v_proj": "self_attn.v_proj",
-    "o_proj": "self_attn.o_proj",
-    "gate_proj": "mlp.gate_proj",
-    "up_proj": "mlp.up_proj",
-    "down_proj": "mlp.down_proj",
-}
+HF_TO_MLX_KEYS = MLX_BLOCK_KEYS
 
 
 def select_device(device: str):

@@ -81,6 +81,20 @@ class StepResult:
 
 
 @dataclass(frozen=True)
+class GenerationSettings:
+    """How `Backend.generate` decodes. Greedy unless temperature > 0; a sampled run is a function of `seed`."""
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+    eos_ids: tuple[int, ...] = ()           # any of these ends a row
+    pad_id: int = 0
+    stop_ids: tuple[tuple[int, ...], ...] = ()   # token sequences of the stop strings: stop early (best effort;
+                                                 # the engine cuts the decoded text at the stop string exactly)
+
+
+@dataclass(frozen=True)
 class MemoryStats:
     current_mb: float
     peak_mb: float
@@ -133,11 +147,45 @@ class Backend(Protocol):
     def export_adapter(self, path: Path) -> None:
         """Write an adapter the ecosystem loads: PEFT format (torch) or mlx-lm format (mlx)."""
 
+    def generate(self, prompts: list[list[int]], settings: GenerationSettings) -> list[list[int]]:
+        """The new token ids for each prompt (without the prompt and without the eos that ended it), with the
+        adapter applied (none after setup(lora=None)); batched, with a KV cache. Training state (weights, optimizer,
+        RNG, train/eval mode) is left exactly as it was."""
+
     def memory(self) -> MemoryStats:
         ...
 
     def describe(self) -> dict[str, object]:
         """Facts for the run log and plan: device, dtype, quantization details, param counts."""
+
+
+@runtime_checkable
+class Portable(Protocol):
+    """What makes a backend's checkpoints travel (optional; both builtin backends have it).
+
+    A checkpoint holds the canonical layout of backends/layout.py, not a backend's own names, so a run
+    resumes on another backend and `--init-from` / `specc export` read any adapter. Without these
+    methods a backend's checkpoints keep its own layout and resume only on the same backend.
+    """
+
+    def to_canonical(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`state()` in the canonical layout: adapter weights and AdamW moments under Hugging Face module
+        names in PEFT's orientation, "optim/step", and this backend's own "rng/..." entries. Exact (a
+        rename and, at most, a transpose), so a same-backend resume stays bit-exact."""
+
+    def from_canonical(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Canonical arrays back into what `load_state` (or, adapter entries only, `load_adapter_weights`)
+        takes. RNG entries of another backend are dropped (RNG state cannot travel): where load_state needs
+        one, this backend's current RNG state stands in."""
+
+
+@runtime_checkable
+class Mergeable(Protocol):
+    def export_merged(self, path: Path) -> dict[str, object]:
+        """Write the base model with the current adapter merged in, as a Hugging Face model directory
+        (config.json, *.safetensors, the tokenizer files) that transformers and mlx-lm load. A quantized
+        base is dequantized first, so the weights are the ones training saw. Returns facts for the log
+        (dtype, dequantized: what from). The backend's model is spent afterwards."""
 
 
 @dataclass

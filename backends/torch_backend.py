@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from backends.common import adapter_arrays, check_keys, check_shape, entries, lora_blocks, model_dir, rss_memory
-from backends.protocol import Batch, LoraSettings, MemoryStats, ModelSettings, OptimizerSettings, StepResult
+from backends.layout import canonical_name, is_canonical
+from backends.protocol import (Batch, GenerationSettings, LoraSettings, MemoryStats, ModelSettings, OptimizerSettings,
+                               StepResult)
 from backends.torch_attention import AttentionInputs, trim
 from backends.torch_gpu import GpuMonitor
 from backends.torch_load import apply_liger, compile_layers, enable_checkpointing, load_base, with_lora
@@ -286,6 +288,17 @@ class TorchBackend:
             self._flow_checked_after_eval = True
         return float(loss), n
 
+    def generate(self, prompts: list[list[int]], settings: GenerationSettings) -> list[list[int]]:
+        from backends.torch_generate import generate
+
+        result = generate(self, prompts, settings)
+        if not self._flow_checked_after_eval:   # generation runs in eval mode too: the same guard
+            from backends.torch_nf4 import check_gradient_flow
+
+            check_gradient_flow(self.model, "after generating")
+            self._flow_checked_after_eval = True
+        return result
+
     # --------------------------------------------------------------- state
     def state(self) -> dict[str, np.ndarray]:
         torch = self._torch
@@ -334,10 +347,52 @@ class TorchBackend:
         return self._torch.from_numpy(np.array(arr, copy=True)).to(device=p.device, dtype=p.dtype)
 
     def load_adapter_weights(self, state: dict[str, np.ndarray]) -> None:
+        if is_canonical(state):   # a checkpoint's arrays as they are (backends/layout.py)
+            state = self.from_canonical({k: v for k, v in state.items() if k.startswith("adapter/")})
         arrays = adapter_arrays(state, {n: p.shape for n, p in self.trainable})
         with self._torch.no_grad():
             for name, p in self.trainable:
                 p.copy_(self._to_param(arrays[name], p))
+
+    # ------------------------------------------------- canonical layout (backends/layout.py)
+    def _canonical_names(self) -> list[str]:
+        return [canonical_name(n) for n, _ in self.trainable]
+
+    def to_canonical(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        steps = set()
+        for i, ((name, _), canon) in enumerate(zip(self.trainable, self._canonical_names())):
+            out[f"adapter/{canon}"] = state[f"adapter/{name}"]
+            if f"optim/{i}/exp_avg" in state:
+                out[f"optim/{canon}/exp_avg"] = state[f"optim/{i}/exp_avg"]
+                out[f"optim/{canon}/exp_avg_sq"] = state[f"optim/{i}/exp_avg_sq"]
+                steps.add(float(state[f"optim/{i}/step"]))
+        if len(steps) > 1:   # every LoRA weight gets a gradient every step: never expected
+            raise RuntimeError(f"AdamW step counts differ between parameters: {sorted(steps)}")
+        if steps:
+            out["optim/step"] = np.asarray(int(steps.pop()), dtype=np.int64)
+        out.update({k: v for k, v in state.items() if k.startswith("rng/torch_")})
+        return out
+
+    def from_canonical(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        given = [k[len("adapter/"):] for k in arrays if k.startswith("adapter/")]
+        if given:   # name mismatches in canonical names (the converted ones would only confuse)
+            check_keys("adapter weights", self._canonical_names(), given)
+        out: dict[str, np.ndarray] = {}
+        for i, ((name, _), canon) in enumerate(zip(self.trainable, self._canonical_names())):
+            if f"adapter/{canon}" in arrays:
+                out[f"adapter/{name}"] = arrays[f"adapter/{canon}"]
+            if f"optim/{canon}/exp_avg" in arrays:
+                out[f"optim/{i}/exp_avg"] = arrays[f"optim/{canon}/exp_avg"]
+                out[f"optim/{i}/exp_avg_sq"] = arrays[f"optim/{canon}/exp_avg_sq"]
+                out[f"optim/{i}/step"] = np.asarray(arrays["optim/step"], dtype=np.float32)
+        out.update({k: v for k, v in arrays.items() if k.startswith("rng/torch_")})
+        return out
+
+    def export_merged(self, path: Path) -> dict[str, object]:
+        from backends.torch_merge import export_merged
+
+        return export_merged(self, Path(path))
 
     def export_adapter(self, path: Path) -> None:
         path = Path(path)

@@ -44,7 +44,7 @@ class _App(typer.Typer):
 app = _App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
            help="Experiment specs for LoRA/QLoRA fine-tuning: check, compile, run, submit, report.")
 
-COMMANDS = ("check", "compile", "schema", "plan", "run", "submit", "calibrate", "report", "watch", "diff")
+COMMANDS = ("check", "compile", "schema", "plan", "run", "eval", "export", "submit", "calibrate", "report", "watch", "diff")
 
 
 def register_commands() -> None:

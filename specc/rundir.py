@@ -140,6 +140,17 @@ class RunDir:
     def iter_records(self) -> Iterator[dict]:
         return iter_jsonl(self.metrics_path)
 
+    def checkpoints(self) -> list[dict]:
+        """The checkpoints on disk, ascending: {"step", "dir", "backend" (that wrote it), "layout"
+        ("canonical/1": any backend resumes it; null: only the one that wrote it)}."""
+        found = []
+        for d in sorted(self.checkpoints_dir.glob("step_*")) if self.checkpoints_dir.is_dir() else ():
+            saved = read_json(d / "trainer_state.json")
+            if d.is_dir() and d.name[len("step_"):].isdigit() and saved is not None:
+                found.append({"step": saved.get("step"), "dir": f"{CHECKPOINTS}/{d.name}",
+                              "backend": saved.get("backend"), "layout": saved.get("layout")})
+        return found
+
     def has_run_files(self) -> bool:
         """A run started here: it has a config.json or a metrics.jsonl."""
         return self.config_path.is_file() or self.metrics_path.is_file()

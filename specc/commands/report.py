@@ -29,7 +29,7 @@ def report(
 
     Writes under runs/<experiment>/ only (report.md, plots/, time_accuracy.json). To correct later
     estimates with the measured times, fold them into calibrations/ with `specc calibrate --from-runs`."""
-    from specc.lifecycle.report import build_report
+    from specc.lifecycle.report import build_report, publish_to_trackers
     from specc.lifecycle.report_view import report_lines, write_report, written_lines
 
     if write_back:
@@ -45,3 +45,5 @@ def report(
     path = write_report(rep, sort, desc)
     for line in written_lines(rep, path):
         out.print(line)
+    for line in publish_to_trackers(rep, path):
+        out.print(line, markup=False)

@@ -323,3 +323,22 @@ def _with_warnings(report: TokenizationReport) -> TokenizationReport:
     if report.n_examples and not report.n_sequences:
         warnings.append("no sequence is left to train on")
     return dataclasses.replace(report, warnings=tuple(warnings))
+
+
+def prompt_token_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """What the model sees before it answers: bos + prompt, tokenized exactly as training tokenizes a prompt."""
+    bos = _bos(tokenizer)
+    return [bos + ids for ids in _token_ids(tokenizer, prompts)]
+
+
+def chat_generation_prompts(tokenizer, conversations: list[list[dict]]) -> list[str]:
+    """Each conversation rendered through the chat template with the generation prompt (the assistant header)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError("format 'chat' needs a chat template, and this model's tokenizer has none",
+                        hint="use a chat/instruct model, or convert the data to format 'prompt_completion'")
+    return [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+
+
+def chat_token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """A rendered chat text's tokens; the template writes its own special tokens, so none are added."""
+    return _token_ids(tokenizer, texts)

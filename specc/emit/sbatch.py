@@ -40,6 +40,8 @@ def job_flags(run: RunPlan, *, stage: str | None, log: str, job_name: str, array
     flags = [("job-name", job_name), ("partition", res.partition)]
     if res.qos:
         flags.append(("qos", res.qos))
+    if res.account:
+        flags.append(("account", res.account))
     flags += [
         ("time", res.time),
         ("nodes", str(res.nodes)),
@@ -50,6 +52,10 @@ def job_flags(run: RunPlan, *, stage: str | None, log: str, job_name: str, array
     if res.gpus:
         per_node = -(-res.gpus // res.nodes)
         flags.append(("gres", f"gpu:{res.gpu_type}:{per_node}" if res.gpu_type else f"gpu:{per_node}"))
+    if res.constraint:
+        flags.append(("constraint", res.constraint))
+    if res.exclusive:
+        flags.append(("exclusive", ""))
     if array:
         flags.append(("array", array))
     flags += [
@@ -58,7 +64,47 @@ def job_flags(run: RunPlan, *, stage: str | None, log: str, job_name: str, array
         ("requeue", ""),
         ("signal", f"B:USR1@{res.signal_lead_s}"),
     ]
+    if res.mail_user:
+        flags += [("mail-user", res.mail_user), ("mail-type", res.mail_type or "END,FAIL")]
+    flags += list(res.extra_sbatch)    # validated as sbatch long options that specc does not set (spec/jobenv.py)
     return flags
+
+
+def environment_lines(res) -> list[str]:
+    """`export NAME=value` for resources.env (quoted: the value as written) and the setup lines, verbatim.
+
+    A setup line is the spec author's own shell code, shown as written so a reviewer sees it; it must be a
+    complete command (`bash -n`), and the job stops if it fails."""
+    lines = [f"export {name}={q(value)}" for name, value in res.env]
+    if res.setup:
+        lines += ["# Setup (resources.setup and the cluster's defaults), as written in the spec or the catalog;",
+                  "# unset variables are allowed while it runs (activate scripts read some), a failing line ends the job.",
+                  'specc_before=$(command -v specc || true)', "set +u"]
+        for i, line in enumerate(res.setup, 1):
+            check_setup_line(line)
+            lines += [safe(line), f"specc_rc=$?; [ \"$specc_rc\" -eq 0 ] || {{ echo \"specc: setup line {i} failed "
+                                  f"(exit $specc_rc): \"{q(line)}; exit 1; }}"]
+        lines += ["set -u", 'cd "${SLURM_SUBMIT_DIR:-.}" || exit 1   # configs are relative to the submit directory',
+                  "# An environment the setup activated that has its own specc runs the job.",
+                  'specc_after=$(command -v specc || true)',
+                  'if [ -n "$specc_after" ] && [ "$specc_after" != "$specc_before" ]; then export SPECC="$specc_after"; fi']
+    return lines
+
+
+@lru_cache(maxsize=256)
+def check_setup_line(line: str) -> None:
+    """A setup line must parse on its own (an open quote or heredoc would swallow the rest of the script)."""
+    import shutil
+    import subprocess
+
+    bash = shutil.which("bash")
+    if bash is None:
+        return
+    proc = subprocess.run([bash, "-n", "-c", line], capture_output=True, text=True, timeout=10)
+    if proc.returncode != 0 or proc.stderr.strip():   # an unterminated heredoc is only a warning to bash -n
+        raise UnsafeValue(f"setup line {line!r} is not a complete shell command: "
+                          f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'bash -n failed'}",
+                          hint="each setup line must be one whole command (no open quotes, heredocs or trailing \\)")
 
 
 def render_flags(flags: list[tuple[str, str]]) -> list[str]:

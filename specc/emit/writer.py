@@ -10,9 +10,10 @@ from pathlib import Path
 
 import jinja2
 
-from specc.emit.sbatch import job_flags, q, render_flags, safe
+from specc.emit.sbatch import environment_lines, job_flags, q, render_flags, safe
 from specc.errors import staged
 from specc.plan.baseline import Baseline, resolve_baseline
+from specc.plan.jobs import JobGroup, job_groups
 from specc.plan.runs import ExperimentPlan, RunPlan
 from specc.plan.schedule import schedule_csv
 from specc.spec.model import model_section
@@ -113,6 +114,7 @@ def job_script(run: RunPlan, source: str, *, stage, select_config, log, job_name
     return _env().get_template("job.sbatch.j2").render(
         source=safe(source), what=safe(what),   # comment lines: a newline in a spec's path would start a command
         sbatch_lines=render_flags(job_flags(run, stage=stage, log=log, job_name=job_name, array=array)),
+        environment=environment_lines(res),
         max_requeues=int(res.max_requeues), select_config=select_config,
         stage_arg=" --stage test" if stage == "test" else "", gate=gate,
         distributed=distributed, gpus_per_node=gpus_per_node, cpus_per_rank=max(1, res.cpus // gpus_per_node),
@@ -120,21 +122,44 @@ def job_script(run: RunPlan, source: str, *, stage, select_config, log, job_name
     )
 
 
-def array_script(plan: ExperimentPlan, source: str, stage: str | None) -> str:
-    """One job array over every run of a sweep (controls included), indexed by SLURM_ARRAY_TASK_ID."""
-    runs = [r for r in plan.runs if stage is None or r.test_resources is not None]
-    # The array's limits must fit its largest member.
+def array_script(plan: ExperimentPlan, group: JobGroup, source: str, stage: str | None) -> str:
+    """One job array over the runs of one shape (plan/jobs.py), indexed by SLURM_ARRAY_TASK_ID."""
+    runs = list(group.tested if stage else group.runs)
+    # The array's limits must fit its largest member (one shape: they are the same).
     lead = max(runs, key=lambda r: _seconds((r.test_resources if stage else r.resources).time))
     configs = "\n".join(f"  {q(f'generated/{plan.experiment}/{r.name}/config.json')}" for r in runs)
     select = f"CONFIGS=(\n{configs}\n)\nCONFIG=\"${{CONFIGS[${{SLURM_ARRAY_TASK_ID:-0}}]}}\""
     limit = plan.spec.sweep.max_concurrent if plan.spec.sweep else None
     array = f"0-{len(runs) - 1}" + (f"%{limit}" if limit else "")
-    suffix = ".test" if stage else ""
+    # One array: the job name is the experiment's, as it always was; several carry the array's name.
+    single = len(job_groups(plan)) == 1
+    suffix = ("" if group.name == "array" else f".{group.name}") + (".test" if stage else "")
     # Every full task checks its own run's test stage (a control run has none: the gate passes it).
     gate = stage is None and any(r.test_resources is not None for r in runs)
+    only_training_array = sum(g.kind == "train" for g in job_groups(plan)) == 1 and group.kind == "train"
+    if single or (stage and only_training_array):
+        what = f"Every run of {plan.experiment} as one job array" + (" (test stage)." if stage else ".")
+    elif stage:
+        what = f"The test stages of the {len(runs)} run(s) of {plan.experiment} in {group.name}.sbatch."
+    else:
+        what = f"The {len(runs)} run(s) of {plan.experiment} in {group.name}: {group.why}."
     return job_script(lead, source, stage=stage, select_config=select, array=array, gate=gate,
                       log=f"runs/{plan.experiment}/logs/%x-%A_%a.out", job_name=f"{plan.experiment}{suffix}",
-                      what=f"Every run of {plan.experiment} as one job array" + (" (test stage)." if stage else "."))
+                      what=what)
+
+
+def job_settings(res) -> list[tuple[str, str, str]]:
+    """(setting, value, where it came from) for plan.md: account, mail, env, setup lines, extra sbatch options."""
+    src = dict(res.settings_from)
+    rows = [(f, v, src.get(f, "")) for f, v in (("account", res.account), ("constraint", res.constraint)) if v]
+    if res.exclusive:
+        rows.append(("exclusive", "yes", src.get("exclusive", "")))
+    if res.mail_user:
+        rows.append(("mail", f"{res.mail_user} ({res.mail_type})", src.get("mail", "")))
+    rows += [(f"env {k}", v, src.get(f"env.{k}", "")) for k, v in res.env]
+    rows += [(f"setup {i}", line, src.get(f"setup.{i}", "")) for i, line in enumerate(res.setup, 1)]
+    rows += [(f"--{k}", v or "(flag)", src.get(f"extra_sbatch.{k}", "")) for k, v in res.extra_sbatch]
+    return [(n, str(v).replace("|", "\\|").replace("`", "'"), s) for n, v, s in rows]
 
 
 def _seconds(t: str) -> int:
@@ -206,7 +231,10 @@ def plan_markdown(loaded: LoadedSpec, plan: ExperimentPlan, source: str, baselin
         computed_changes=[(c, _fmt(a), _fmt(b)) for c, a, b in (baseline.changes if baseline else ())],
         runs=rows, step_notes=notes[:5] + ([f"… and {len(notes) - 5} more"] if len(notes) > 5 else []),
         sweep=sweep, profile=spec.profile, provenance=provenance, schedule_text=schedule_text,
-        resources=first.resources, catalog=plan.catalog_source, test_stage=test, estimates=estimates,
+        resources=first.resources, job_settings=job_settings(first.resources), catalog=plan.catalog_source,
+        jobs=[{"name": g.name, "runs": ", ".join(f"`{r.name}`" for r in g.runs[:4]) + (
+            f" and {len(g.runs) - 4} more" if len(g.runs) > 4 else ""), "n": len(g.runs), "why": g.why,
+               "test": g.test_name if g.tested else None} for g in job_groups(plan)] if spec.sweep else [], test_stage=test, estimates=estimates,
         warnings=list(plan.warnings),
     )
 
@@ -225,9 +253,10 @@ def render_experiment(loaded: LoadedSpec, plan: ExperimentPlan) -> dict[str, str
     for run in plan.runs:
         files.update(run_files(run, source))
     if plan.spec.sweep is not None:
-        files["array.sbatch"] = array_script(plan, source, stage=None)
-        if any(r.test_resources is not None for r in plan.runs):
-            files["test_array.sbatch"] = array_script(plan, source, stage="test")
+        for group in job_groups(plan):
+            files[f"{group.name}.sbatch"] = array_script(plan, group, source, stage=None)
+            if group.tested:
+                files[f"{group.test_name}.sbatch"] = array_script(plan, group, source, stage="test")
     return files
 
 

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from specc.errors import UserError, staged
 from specc.plan.schedule import ScheduleSpec
+from specc.spec.evaluation import Evaluation
 from specc.spec.model import Continuation, Data, Model, Training
 
 
@@ -28,6 +29,7 @@ class RunConfig:
     test_max_steps: int | None
     continuation: Continuation | None
     source: str
+    evaluation: Evaluation | None = None      # the tasks scored from generation (spec.evaluation)
 
     def for_stage(self, stage: str | None) -> "RunConfig":
         """The test stage is the same run, cut short, in its own directory (<run>.test)."""
@@ -64,6 +66,7 @@ def from_dict(raw: dict, source: str) -> RunConfig:
             schedule=ScheduleSpec(**raw["schedule"]) if raw.get("schedule") else None,
             test_max_steps=(stages.get("test") or {}).get("max_steps"),
             continuation=Continuation.model_validate(raw["continuation"]) if raw.get("continuation") else None,
+            evaluation=Evaluation.model_validate(raw["evaluation"]) if raw.get("evaluation") else None,
             source=source,
         )
     except (KeyError, TypeError, ValidationError, ValueError) as exc:
@@ -90,10 +93,13 @@ def load_run_config(target: Path, run: str | None) -> RunConfig:
 
     plan = plan_experiment(load_spec(target))
     names = [r.name for r in plan.runs]
-    if run is None and len(names) > 1:
+    training = [r for r in plan.runs if r.kind == "train"]
+    if run is None and len(training) > 1:
         raise UserError(f"{target} has {len(names)} runs; choose one with --run",
-                        hint="runs: " + ", ".join(names) + "; or submit them all with `specc submit`")
-    chosen = plan.runs[0] if run is None else next((r for r in plan.runs if r.name == run), None)
+                        hint="runs: " + ", ".join(names) + "; or run them all with `specc run SPEC --all`, "
+                             "or submit them with `specc submit`")
+    # One training run (plus its control runs): that run is the default.
+    chosen = training[0] if run is None and training else next((r for r in plan.runs if r.name == run), None)
     if chosen is None:
         raise UserError(f"{target} has no run {run!r}", hint="runs: " + ", ".join(names))
     return from_dict(dict(chosen.config, source=str(target)), str(target))

@@ -12,6 +12,7 @@ from specc.engine.metrics import MetricsLog, NullLog, Progress
 from specc.engine.policies import EarlyStopper, MemoryWatch, MovingAverage, Stop, non_finite
 from specc.engine.session import Session
 from specc.engine.signals import SignalGuard
+from specc.engine.tasks import score_after_training, score_in_training, score_lines
 from specc.errors import EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, staged
 from specc.plan.schedule import lr as lr_at
 
@@ -41,7 +42,8 @@ def train(s: Session) -> dict:
     memory = MemoryWatch()
     memory.restore(state.memory_watch)
     progress = Progress(s.total_steps, s.console)
-    metrics = MetricsLog(s.run_dir, resume_step=state.step if s.resumed else None) if world.is_main else NullLog()
+    metrics = MetricsLog(s.run_dir, resume_step=state.step if s.resumed else None, tracker=s.tracker) \
+        if world.is_main else NullLog()
     stop: Stop | None = None
     start = state.history[-1]
     if start["kind"] != "fresh":   # plots and watch mark where a run was resumed, extended or re-initialised
@@ -93,6 +95,7 @@ def train(s: Session) -> dict:
                                 state.step - state.last_ckpt if state.last_ckpt else None, warning)
                 if state.step % cfg.training.eval_every == 0 or state.step == s.total_steps:
                     evaluate(s, metrics, progress)
+                score_in_training(s, metrics, progress)                          # tasks with `every`
                 stop = stopper.after_step(state.step, loss_avg.value, result.grad_norm)
                 state.early_stopping, state.loss_window, state.memory_watch = \
                     stopper.state(), loss_avg.state(), memory.state()
@@ -109,7 +112,7 @@ def train(s: Session) -> dict:
                     stop = Stop("interrupted", f"{interrupt} received; checkpointed at step {state.step}")
                     break
         except BaseException:
-            s.close()          # a failed run frees its directory too
+            s.close(failed=True)   # a failed run frees its directory (and ends its tracker's run) too
             raise
         finally:
             progress.close()
@@ -138,11 +141,12 @@ def evaluate(s: Session, metrics: MetricsLog, progress: Progress) -> float | Non
     metrics.write({"step": state.step, "val_loss": val, "val_tokens": n,
                    "val_examples": len(s.data.eval_examples("valid"))})
     if state.best_val_loss is None or val < state.best_val_loss:
-        state.best_val_loss, state.best_step = val, state.step
-        if state.step > 0 and world.is_main:
-            ckpt.write_tree_atomic(s.run_dir / "best", lambda d: (s.export(d, val_loss=val), fault_point("best", state.step)))
-    progress.message(f"eval step {state.step}: val_loss {val:.4f} (best {state.best_val_loss:.4f} "
-                     f"at step {state.best_step})")
+        state.best_val_loss = val
+        if not s.tasks.selects_best:               # else a task metric decides best/ (tasks.score_in_training)
+            state.best_step = state.step
+            s.publish_best(val_loss=val)
+    progress.message(f"eval step {state.step}: val_loss {val:.4f} (best {state.best_val_loss:.4f}"
+                     + (f" at step {state.best_step})" if not s.tasks.selects_best else ")"))
     return val
 
 
@@ -155,7 +159,8 @@ def save(s: Session, metrics: MetricsLog, progress: Progress) -> None:
     dist.barrier()
     main = dist.world().is_main
     if main:
-        path = ckpt.write_checkpoint(s.run_dir / "checkpoints", step, s.backend.state(), s.trainer_state(),
+        arrays, trainer_state = s.checkpoint()
+        path = ckpt.write_checkpoint(s.run_dir / "checkpoints", step, arrays, trainer_state,
                                      write_extra=lambda d: (s.export(d / "adapter"), fault_point("save", step)),
                                      keep_last=s.cfg.training.keep_last,
                                      protect={s.state.best_step} if s.state.best_step else ())
@@ -164,7 +169,7 @@ def save(s: Session, metrics: MetricsLog, progress: Progress) -> None:
     s.state.last_ckpt = step
     s.state.ckpt_s = seconds
     if main:
-        metrics.event(step, "checkpoint", path=path.name, seconds=round(seconds, 4))
+        metrics.event(step, "checkpoint", path=path.name, seconds=round(seconds, 4), backend=s.backend.name)
 
 
 def finish(s: Session, metrics: MetricsLog, progress: Progress, stop: Stop | None) -> dict:
@@ -175,10 +180,14 @@ def finish(s: Session, metrics: MetricsLog, progress: Progress, stop: Stop | Non
         if state.last_ckpt != state.step:
             save(s, metrics, progress)
         if dist.world().is_main:
-            ckpt.write_tree_atomic(s.run_dir / "adapter", lambda d: (s.export(d), fault_point("final", state.step)))
+            ckpt.write_tree_atomic(s.run_dir / "adapter",
+                                   lambda d: (s.export(d, with_state=True), fault_point("final", state.step)))
         dist.barrier()
+    results = score_after_training(s) if status in ("completed", "early_stopped") else {}
+    if results.get("eval"):    # the final task scores as a metrics line too (TensorBoard, trackers)
+        metrics.write({"step": state.step, **score_lines(results["eval"]), "final": True})
     metrics.event(state.step, status, reason=reason)
-    metrics.close()
-    summary = s.write_summary(status, reason)
+    metrics.close(status)
+    summary = s.write_summary(status, reason, results)
     s.console.print(f"{status}: {reason}", markup=False)
     return summary

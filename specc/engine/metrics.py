@@ -16,8 +16,9 @@ from specc.console import stderr_console
 class MetricsLog:
     """Appends one JSON object per line to metrics.jsonl and mirrors scalars to TensorBoard."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None):
+    def __init__(self, run_dir: Path, resume_step: int | None, tracker=None):
         self.path = run_dir / "metrics.jsonl"
+        self.tracker = tracker     # specc.tracking.Tracker: MLflow / W&B, fed committed lines only
         if resume_step is not None:
             self._truncate_after(resume_step)   # lines past the checkpoint were trained again: keep no duplicates
         elif self.path.exists():
@@ -47,16 +48,27 @@ class MetricsLog:
             clean["non_finite"] = [k for k in record if clean[k] is None and record[k] is not None]
         self._fh.write(json.dumps(clean) + "\n")
         self._fh.flush()
-        self._tb.scalars({("val/" if key.startswith("val") else "train/") + key: value for key, value in record.items()
+        if self.tracker is not None:
+            self.tracker.write(clean)
+        self._tb.scalars({_tb_tag(key): value for key, value in record.items()
                           if key not in ("step", "t") and isinstance(value, (int, float)) and not isinstance(value, bool)},
                          record.get("step", 0))
 
     def event(self, step: int, event: str, **details) -> None:
         self.write({"step": step, "event": event, **details})
 
-    def close(self) -> None:
+    def close(self, status: str | None = None) -> None:
         self._fh.close()
         self._tb.close()
+        if self.tracker is not None:
+            self.tracker.close(status)
+
+
+def _tb_tag(key: str) -> str:
+    """TensorBoard's group for a metrics key: val/…, eval/<task>.<metric>, or train/…."""
+    if key.startswith("val"):
+        return "val/" + key
+    return "eval/" + key.removeprefix("eval.") if key.startswith("eval") else "train/" + key
 
 
 class NullLog:
@@ -68,7 +80,7 @@ class NullLog:
     def event(self, step: int, event: str, **details) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, status: str | None = None) -> None:
         pass
 
 

@@ -53,15 +53,18 @@ class PreparedData:
         return [examples[i] for i in eval_example_indices(len(examples), self._cfg.training.eval_examples)]
 
 
-def prepare_data(cfg: RunConfig, model_dir: Path) -> PreparedData:
-    """Verify every split (all problems at once), tokenize train, and fix the number of steps."""
+def prepare_data(cfg: RunConfig, model_dir: Path, training: bool = True) -> PreparedData:
+    """Verify every split (all problems at once), tokenize train, and fix the number of steps.
+
+    `training=False` (scoring only: control runs, `specc eval`) reads the splits but tokenizes nothing."""
     tokenizer = load_tokenizer(model_dir)
     paths = resolve_data_paths(cfg)
     examples, report = load_dataset(paths, cfg.data.format)
     pad_id = pad_token_id(tokenizer)
     d, t = cfg.data, cfg.training
-    if cfg.kind == "control":
-        prepared = PreparedData(tokenizer, report, None, None, 0, "control: evaluation only", pad_id, examples)
+    if cfg.kind == "control" or not training:
+        prepared = PreparedData(tokenizer, report, None, None, 0, "control: evaluation only" if cfg.kind == "control"
+                                else "evaluation only", pad_id, examples)
         prepared._cfg = cfg
         return prepared
     seqs, tok_report = tokenize_split(tokenizer, examples["train"], d.format, d.max_length, d.stride)

@@ -20,16 +20,21 @@ from backends.protocol import Backend, LoraSettings, ModelSettings, OptimizerSet
 from specc.data.batches import BatchStream
 from specc.data.sources import resolve_model_path
 from specc.engine import checkpoint as ckpt
+from backends.layout import NOTE
 from specc.engine.atomic import RunLock
 from specc.engine import distributed as dist
 from specc.engine.config import RunConfig
 from specc.engine.prepare import PreparedData, prepare_data
 from specc.engine.select import choose_backend
-from specc.engine.start import EXTEND, INIT_FROM, RESUME, decide_start
+from specc.engine import travel
+from specc.engine.start import EXTEND, INIT_FROM, RESUME, check_source, decide_start
 from specc.engine.state import TrainerState
+from specc.engine.faults import fault_point
 from specc.engine.summary import write_running, write_summary
+from specc.engine.tasks import TaskScoring, score_lines
 from specc.errors import UserError, staged
 from specc.plan.schedule import ScheduleSpec, extend
+from specc.tracking import open_tracker
 
 
 @dataclass
@@ -46,16 +51,59 @@ class Session:
     state: TrainerState
     resumed: bool
     lock: RunLock | None = None     # held for the life of the process (a kill frees it)
+    tasks: TaskScoring | None = None   # the spec's evaluation tasks (empty without an evaluation section)
     started: float = field(default_factory=time.time)
+    base: dict | None = None        # travel.base_identity of the model directory
+    probe_batch: object = None      # travel.probe_batch: the fixed batch whose loss a checkpoint records
+    _round_trip_checked: bool = False
+    _probed_at: tuple | None = None
+    tracker: object | None = None   # specc.tracking.Tracker (MLflow, W&B), rank 0 only; None without `tracking`
 
-    def export(self, path: Path, val_loss: float | None = None) -> None:
-        """The adapter in its ecosystem's format, plus a small note of where it came from."""
+    def export(self, path: Path, val_loss: float | None = None, score: dict | None = None,
+               with_state: bool = False) -> None:
+        """The adapter in its ecosystem's format, plus a small note of where it came from and what it fits (and,
+        for best/ and adapter/, the adapter in the canonical layout, for scoring after training and `specc eval`)."""
         self.backend.export_adapter(path)
         note = {"experiment": self.cfg.experiment, "run": self.cfg.run, "step": self.state.step,
-                "backend": self.backend.name, "base_model": self.cfg.model.path}
+                "backend": self.backend.name, "base_model": self.cfg.model.path, "base": self.base,
+                "lora": travel.lora_record(self.cfg.model.lora), "probe": self._probe()}
         if val_loss is not None:
             note["val_loss"] = val_loss
-        (path / "specc_adapter.json").write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
+        if score is not None:
+            note.update(score)
+        (path / NOTE).write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
+        if with_state:
+            from safetensors.numpy import save_file
+
+            from specc.engine.tasks import ADAPTER_STATE
+
+            arrays, _ = travel.to_checkpoint(self.backend, self.backend.state())
+            save_file({k: v for k, v in arrays.items() if k.startswith("adapter/")}, str(path / ADAPTER_STATE))
+
+    def publish_best(self, val_loss: float | None = None, score: dict | None = None) -> None:
+        """best/: the adapter of the best step so far (never at step 0: that is the base model)."""
+        step = self.state.step
+        if step > 0 and dist.world().is_main:
+            ckpt.write_tree_atomic(self.run_dir / "best", lambda d: (
+                self.export(d, val_loss=val_loss, score=score, with_state=True), fault_point("best", step)))
+
+    def _probe(self) -> dict | None:
+        """The probe at this step (measured once: a checkpoint and its adapter/ note share it)."""
+        if self.probe_batch is None:
+            return None
+        if self._probed_at is None or self._probed_at[0] != self.state.step:
+            self._probed_at = (self.state.step, travel.probe(self.backend, self.probe_batch))
+        return self._probed_at[1]
+
+    def checkpoint(self) -> tuple[dict, dict]:
+        """(arrays, trainer_state) of a checkpoint: the state in the canonical layout, and what it fits."""
+        state = self.backend.state()
+        arrays, layout = travel.to_checkpoint(self.backend, state)
+        if layout and not self._round_trip_checked:
+            travel.check_round_trip(self.backend, state, arrays)
+            self._round_trip_checked = True
+        return arrays, dict(self.trainer_state(), layout=layout, base=self.base,
+                            lora=travel.lora_record(self.cfg.model.lora), probe=self._probe())
 
     def trainer_state(self) -> dict:
         """Everything an exact resume needs besides the arrays (those come from backend.state())."""
@@ -66,8 +114,10 @@ class Session:
     def write_running(self) -> None:
         write_running(self)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         """Let the next trainer in: release the run directory's lock (process exit would too)."""
+        if failed and self.tracker is not None:
+            self.tracker.close("failed")
         if self.lock is not None:
             self.lock.release()
 
@@ -117,6 +167,10 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
     model_dir = resolve_model_path(cfg.model.path, log=lambda m: console.print(m, markup=False))
     data = prepare_data(cfg, model_dir)
     _report_data(console, data)
+    base = travel.base_identity(model_dir)
+    source = check_source(start, cfg, model_dir, base)      # what cannot travel is refused before anything moves
+    for w in source.notes:
+        console.print(f"warning: {w}", markup=False)
 
     if world.is_main and start.archive:
         _archive_run_dir(run_dir, console)
@@ -139,11 +193,17 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
     total = data.total_steps
     schedule = cfg.schedule if cfg.schedule is not None and cfg.schedule.total_steps == total else _schedule(cfg, total)
     state, stream = TrainerState(data_seed=cfg.training.seed), None
+    probe_batch = travel.probe_batch(int(base["arch"].get("vocab_size") or data.pad_id + 1))
+    travelled = {}
     if start.kind in (RESUME, EXTEND):
-        source = _repaired(start.checkpoint, run_dir, console)
-        arrays, saved = ckpt.load_checkpoint(source)
-        backend.load_state(arrays)
-        state = TrainerState.from_json(saved, where=str(source / ckpt.TRAINER_STATE_FILE))
+        path = _repaired(start.checkpoint, run_dir, console)
+        arrays, saved = ckpt.load_checkpoint(path)
+        backend.load_state(travel.from_checkpoint(backend, arrays, saved, str(path)))
+        _probed(travel.check_probe(saved.get("probe"), backend, probe_batch, path), console)
+        state = TrainerState.from_json(saved, where=str(path / ckpt.TRAINER_STATE_FILE))
+        if saved.get("backend") not in (None, name):
+            travelled = {"from_backend": saved["backend"], "rng": "not restored (another backend)"}
+            state.memory_watch = {}   # another backend measures memory another way: a new baseline
         state.wall_s_before = saved.get("wall_s", 0.0)
         state.last_ckpt = state.step   # the saved value predates this very checkpoint: do not write it again
         state.restarts += 1
@@ -159,19 +219,28 @@ def open_session(cfg: RunConfig, opts, console: Console, backend: Backend | None
             console.print("warning: the training data changed since the checkpoint; the resume is not exact", markup=False)
         stream = BatchStream(data.train_plan)
         stream.restore(saved["data_position"])
-        console.print(f"resumed from {source} at step {state.step} (restart {state.restarts})", markup=False)
+        console.print(f"resumed from {path} at step {state.step} (restart {state.restarts})", markup=False)
     elif start.kind == INIT_FROM:
-        arrays, _ = ckpt.load_checkpoint(start.init_from)
-        backend.load_adapter_weights(arrays)
+        backend.load_adapter_weights(travel.adapter_weights(backend, source.weights))
+        _probed(travel.check_probe(source.probe, backend, probe_batch, start.init_from), console)
+        travelled = {"from": str(start.init_from), "from_backend": source.from_backend}
         console.print(f"initialised the adapter from {start.init_from}; fresh schedule and optimizer (strategy B)",
                       markup=False)
     if stream is None and data.train_plan is not None:
         stream = BatchStream(data.train_plan)
     state.history = [*state.history, {"kind": start.kind, "step": state.step, "total_steps": total, "backend": name,
-                                      "at": round(time.time(), 3)}]
+                                      **travelled, "at": round(time.time(), 3)}]
     state.backend, state.dataset = name, _data_digest(data)
-    return Session(cfg, console, run_dir, backend, reason, data, stream, schedule, total, state,
-                   start.kind in (RESUME, EXTEND), lock=lock)
+    resumed = start.kind in (RESUME, EXTEND)
+    tracker = open_tracker(cfg.raw, run_dir, resumed=resumed, resume_step=state.step) if world.is_main else None
+    return Session(cfg, console, run_dir, backend, reason, data, stream, schedule, total, state, resumed, lock=lock,
+                   base=base, probe_batch=probe_batch if cfg.kind != "control" else None,
+                   tasks=TaskScoring(cfg, data, backend, model_dir), tracker=tracker)
+
+
+def _probed(line: str | None, console: Console) -> None:
+    if line:
+        console.print(f"checked the loaded adapter: {line}", markup=False)
 
 
 def _lora_settings(cfg: RunConfig) -> LoraSettings | None:
@@ -254,6 +323,13 @@ def evaluate_control(s: Session) -> dict:
                         markup=False)
     s.state.best_val_loss = results.get("val_loss")
     try:
+        if s.tasks:
+            results["eval"] = s.tasks.score_all(s.run_dir / "eval", "base model (control run)",
+                                                say=lambda m: s.console.print(m, markup=False))
+        if s.tracker is not None:   # the base model's numbers, at step 0
+            s.tracker.write({"step": 0, "t": time.time(), **{k: v for k, v in results.items() if k != "eval"},
+                             **score_lines(results.get("eval"))})
+            s.tracker.close("completed")
         return s.write_summary("completed", "control run: base model evaluated", results)
     finally:
         s.close()

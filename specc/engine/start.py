@@ -11,10 +11,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backends.layout import CANONICAL, adapter_format, adapter_shape, read_adapter_dir
 from specc.engine import checkpoint as ckpt
+from specc.engine import travel
 from specc.errors import UserError
 
 FRESH, RESUME, EXTEND, INIT_FROM = "fresh", "resume", "extend", "init_from"
+ADAPTER_HINT = ("; --init-from also takes an adapter directory: PEFT (adapter_config.json + adapter_model.safetensors) "
+                "or mlx-lm (adapter_config.json + adapters.safetensors)")
 
 
 @dataclass(frozen=True)
@@ -36,11 +40,20 @@ def checkpoint_step(path: Path) -> int:
         raise ckpt.CorruptCheckpoint(f"cannot read its step: {exc}", where=str(path)) from None
 
 
-def checkpoint_backend(path: Path) -> str | None:
+def checkpoint_fields(path: Path) -> dict:
+    """A checkpoint's trainer_state.json ({} when it cannot be read; verification reports that)."""
     try:
-        return json.loads((Path(path) / ckpt.TRAINER_STATE_FILE).read_text(encoding="utf-8")).get("backend")
-    except (OSError, ValueError, AttributeError):
-        return None
+        saved = json.loads((Path(path) / ckpt.TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def find_init_source(path: Path) -> Path:
+    """What --init-from names: an adapter directory (PEFT or mlx-lm), a checkpoint, or a run (its newest checkpoint)."""
+    if adapter_format(Path(path)) is not None:
+        return Path(path)
+    return find_checkpoint(path)
 
 
 def find_checkpoint(path: Path) -> Path:
@@ -52,11 +65,11 @@ def find_checkpoint(path: Path) -> Path:
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     if not root.is_dir():
         raise UserError(f"{path}: no such checkpoint or run directory",
-                        hint="pass runs/<experiment>/<run> or a checkpoints/step_NNNNNNN directory")
+                        hint="pass runs/<experiment>/<run> or a checkpoints/step_NNNNNNN directory" + ADAPTER_HINT)
     found, _ = ckpt.newest_valid(root)
     if found is None:
         raise UserError(f"{path}: no valid checkpoint found",
-                        hint="every checkpoint there failed verification or none exists")
+                        hint="every checkpoint there failed verification or none exists" + ADAPTER_HINT)
     return found
 
 
@@ -75,7 +88,7 @@ def decide_start(*, run_dir: Path, resume: str, extend_steps: int | None, init_f
     if resume == "never":
         archive = bool(ckpt.list_checkpoints(run_dir / "checkpoints"))
         if init_from is not None:
-            source = find_checkpoint(init_from)
+            source = find_init_source(init_from)
             return Start(INIT_FROM, f"--resume never --init-from {init_from}: a fresh schedule and optimizer from the "
                                     f"adapter of {source}", init_from=source, archive=archive)
         return Start(FRESH, "--resume never: a fresh run" + (" (the earlier run is kept aside)" if archive else ""),
@@ -96,7 +109,7 @@ def decide_start(*, run_dir: Path, resume: str, extend_steps: int | None, init_f
                             f"continuation.from_run {continuation.from_run}", tuple(warnings))
         init_from = Path(continuation.from_run)
     if init_from is not None:
-        source = find_checkpoint(init_from)
+        source = find_init_source(init_from)
         return Start(INIT_FROM, f"a fresh schedule and optimizer from the adapter of {source} (strategy B)",
                      init_from=source, warnings=tuple(warnings))
     if extend_steps is not None:
@@ -107,11 +120,17 @@ def decide_start(*, run_dir: Path, resume: str, extend_steps: int | None, init_f
 
 def _resumed(source: Path, extend_to: int | None, backend: str, what: str, warnings: tuple) -> Start:
     step = checkpoint_step(source)
-    wrote = checkpoint_backend(source)
+    saved = checkpoint_fields(source)
+    wrote = saved.get("backend")
     if wrote and wrote != backend:
-        raise UserError(f"{source} was written by the {wrote} backend; this run uses {backend}",
-                        hint=f"resume with --backend {wrote}, or start a new {backend} run with --resume never "
-                             f"(the earlier run is kept aside)")
+        if saved.get("layout") != CANONICAL:
+            raise UserError(f"{source} was written by the {wrote} backend; this run uses {backend}, and the checkpoint "
+                            f"is in the {wrote} backend's own layout (written before checkpoints were backend-neutral)",
+                            hint=f"resume with --backend {wrote} (its next checkpoint can travel), or start a new "
+                                 f"{backend} run with --resume never --init-from {source} (the earlier run is kept aside)")
+        warnings = (*warnings, f"{source.name} was written by the {wrote} backend: its adapter and AdamW state are "
+                               f"converted for {backend}; RNG state cannot travel between backends, so {backend}'s "
+                               "continues from its own seeding (training.seed; it drives LoRA dropout only)")
     if extend_to is None:
         return Start(RESUME, f"resume from {what} ({source.name})", checkpoint=source, warnings=warnings)
     if extend_to <= step:
@@ -119,3 +138,51 @@ def _resumed(source: Path, extend_to: int | None, backend: str, what: str, warni
                         hint=f"pass a total above {step}, e.g. --extend-steps {2 * step}")
     return Start(EXTEND, f"extend {what} ({source.name}, step {step}) to {extend_to} steps (strategy A)",
                  checkpoint=source, extend_to=extend_to, warnings=warnings)
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a start reads from disk, checked against the spec and the base model before anything moves."""
+    weights: dict | None = None         # init_from: the canonical adapter weights
+    probe: dict | None = None           # the probe its writer measured (travel.probe), if it recorded one
+    from_backend: str | None = None     # the backend (or format) that wrote it
+    notes: tuple[str, ...] = ()         # warnings for the run log
+
+
+def check_source(start: Start, cfg, model_dir: Path, identity: dict) -> Source:
+    """Refuse what cannot travel (another base model or tokenizer, other LoRA settings), with what differs.
+
+    Runs after the model directory is known and before the run directory is touched."""
+    n_blocks = int(identity["arch"].get("num_hidden_layers") or 0)
+    spec = travel.lora_record(cfg.model.lora) if cfg.kind != "control" else None
+    if start.kind in (RESUME, EXTEND):
+        saved = checkpoint_fields(start.checkpoint)
+        notes = travel.check_base(saved.get("base"), identity, start.checkpoint, cfg.model.path)
+        rec = saved.get("lora")
+        if spec and rec:
+            travel.check_lora(spec, dict(rec, blocks=travel.blocks(rec["layers"], n_blocks),
+                                         target_modules=sorted(rec["target_modules"])), n_blocks, start.checkpoint)
+        return Source(probe=saved.get("probe"), from_backend=saved.get("backend"), notes=tuple(notes))
+    if start.kind != INIT_FROM:
+        return Source()
+    src = start.init_from
+    if spec is None:
+        raise UserError(f"--init-from {src}: a control run trains no adapter", hint="drop --init-from for a control run")
+    if adapter_format(src):
+        adapter = read_adapter_dir(src)
+        weights, alpha, note = adapter.weights, adapter.alpha, adapter.note
+        base, probe, wrote = note.get("base"), note.get("probe"), note.get("backend") or f"a {adapter.format} adapter"
+    else:
+        arrays, saved = ckpt.load_checkpoint(src)
+        weights = travel.checkpoint_adapter(arrays)
+        alpha = (saved.get("lora") or {}).get("alpha")
+        if alpha is None and adapter_format(src / "adapter"):
+            alpha = read_adapter_dir(src / "adapter").alpha
+        base, probe, wrote = saved.get("base"), saved.get("probe"), saved.get("backend")
+    shape = adapter_shape(weights, str(src))
+    travel.check_dims(shape, json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")), src,
+                      cfg.model.path)
+    travel.check_lora(spec, travel.found_lora(shape, alpha), n_blocks, src)
+    notes = travel.check_base(base, identity, src, cfg.model.path)
+    same_base = not base or base.get("weights") == identity["weights"]   # else the probe says nothing
+    return Source(weights=weights, probe=probe if same_base else None, from_backend=wrote, notes=tuple(notes))

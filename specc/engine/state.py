@@ -14,7 +14,8 @@ from specc.errors import UserError
 
 STATE_VERSION = 1
 # What the session adds to the state in a checkpoint (and reads back itself).
-SAVED_BY_SESSION = ("data_position", "schedule", "total_steps", "wall_s")
+SAVED_BY_SESSION = ("data_position", "schedule", "total_steps", "wall_s",
+                    "layout", "base", "lora", "probe")   # what the arrays are and fit (specc/engine/travel.py)
 # Keys an older specc wrote that mean nothing now.
 RETIRED = ("micro_step", "mem_warned", "peak_mem_mb", "format_version")
 
@@ -28,7 +29,8 @@ class TrainerState:
     last_ckpt: int = 0                          # step of the newest checkpoint, 0 before the first
     ckpt_s: float | None = None                 # how long the last checkpoint took
     best_val_loss: float | None = None
-    best_step: int | None = None
+    best_step: int | None = None                # the step best/ holds (by val_loss, or by evaluation.select_best_by)
+    best_score: float | None = None             # select_best_by a task metric: its best score so far
     loss_window: list[float] = field(default_factory=list)    # MovingAverage.state()
     early_stopping: dict = field(default_factory=dict)        # EarlyStopper.state()
     memory_watch: dict = field(default_factory=dict)          # MemoryWatch.state()

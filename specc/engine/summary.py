@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from specc.engine import distributed as dist
+from specc.rundir import RunDir
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
@@ -68,6 +69,7 @@ def write_summary(s, status: str, reason: str, results: dict | None = None) -> d
         "checkpoint_s": st.ckpt_s,
         "restarts": st.restarts,
         "history": st.history,
+        "checkpoints": RunDir(s.run_dir).checkpoints(),
         "extended": any(h.get("kind") == "extend" for h in st.history),
         "backend": s.backend.name,
         "backend_reason": s.backend_reason,
@@ -80,6 +82,8 @@ def write_summary(s, status: str, reason: str, results: dict | None = None) -> d
         "estimate": s.cfg.raw.get("estimate") or {},
         **(results or {}),
     }
+    if getattr(s, "tracker", None) is not None:   # ok, or why not (a tracker that was down never stops a run)
+        summary["tracking"] = s.tracker.status()
     if dist.world().is_main:   # data-parallel: rank 0 writes the run's files
         write_json_atomic(s.run_dir / "summary.json", summary)
     return summary

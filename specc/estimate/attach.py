@@ -55,6 +55,9 @@ def apply_estimates(plan, calibrations_dir=None):
         if est.source == "calibration" and est.total_s and run.kind == "train":
             resources = _measured_limits(resources, r, est)
             config["resources"] = resources.to_dict()
+        elif est.source == "calibration" and est.total_s and run.kind == "control":
+            resources = _control_limit(resources, est, plan)
+            config["resources"] = resources.to_dict()
         if run.kind == "train" and est.total_s is not None:
             fit = fit_window(config, est, r.window_hours, r.margin_hours,
                              None if r.window_hours else parse_time(resources.time))
@@ -83,6 +86,23 @@ def _measured_limits(resources, requested, est: Estimate):
                             signal_lead_source=f"calibration: a step ({step:.1f} s) + 2 × a checkpoint "
                                                f"({ckpt:.1f} s) + 30 s")
     return resources
+
+
+def _control_limit(resources, est: Estimate, plan):
+    """An eval-only control run's --time from its measured evaluation: + 10% + 5 min, within the partition."""
+    from specc.spec.clusters import load_catalog
+
+    catalog, _ = load_catalog(plan.spec_path, plan.spec.resources.catalog)
+    cluster = catalog.clusters.get(resources.cluster)
+    part = cluster.partitions.get(resources.partition) if cluster else None
+    wanted = _round_up(est.total_s * (1 + TIME_SAFETY) + 300, 300)
+    if part is not None:
+        wanted = min(wanted, part.max_seconds)
+    lead = resources.signal_lead_s if resources.signal_lead_source == "resources.signal_lead_s" else \
+        min(resources.signal_lead_s, max(10, wanted // 4))
+    return replace(resources, time=format_time(wanted), signal_lead_s=int(lead), time_source=(
+        f"eval-only control run: estimated evaluation {fmt_duration(est.total_s)} + {TIME_SAFETY:.0%} + 5 min "
+        "(calibration)"))
 
 
 def _round_up(seconds: float, to: int) -> int:

@@ -25,6 +25,7 @@ from specc.estimate.facts import (
 )
 from specc.estimate.priors import Prior, estimate_from_priors, unused_priors
 from specc.estimate.result import Estimate, RunFacts
+from specc.estimate.scoring import scoring_seconds
 from specc.estimate.shape import device_key, shape_of_config
 from specc.spec.profiles import PROFILES
 
@@ -36,6 +37,8 @@ def estimate_run(config: dict, *, calibration: CalibrationFile | None = None, fa
     shape = shape_of_config(config)
     dkey = device_key(config["resources"])
     entry = calibration.entry(shape.key) if calibration else None
+    if entry is None and calibration and config.get("kind") == "control":
+        entry = _same_model_entry(calibration, shape)   # a control run evaluates what its training runs calibrated
     facts = facts or facts_from_config(config, entry)
     base = dict(run=config["run"], shape_key=shape.key, device_key=dkey, steps=facts.steps,
                 tokens=facts.tokens, tokens_source=facts.tokens_source)
@@ -50,6 +53,19 @@ def estimate_run(config: dict, *, calibration: CalibrationFile | None = None, fa
         est = _from_profile(config, facts, base, calibration)
         return replace(est, notes=est.notes + unused_priors(config, shape, dkey, priors))
     return _from_profile(config, facts, base, calibration)
+
+
+def _same_model_entry(calibration: CalibrationFile, shape) -> dict | None:
+    from specc.estimate.shape import RunShape
+
+    for entry in calibration.entries.values():
+        try:
+            other = RunShape(**entry["shape"])
+        except (KeyError, TypeError):
+            continue
+        if other.same_model(shape) and other.backend == shape.backend:
+            return entry
+    return None
 
 
 def _from_calibration(config: dict, entry: dict, facts: RunFacts, cal: CalibrationFile, base: dict) -> Estimate:
@@ -79,6 +95,7 @@ def _from_calibration(config: dict, entry: dict, facts: RunFacts, cal: Calibrati
         nb = facts.eval_batches or 0
         parts = {"evaluation": ovh.get("eval_prepare_s", 0) + 2 * nb * ovh.get("eval_batch_s", 0)}
         train_s = 0.0
+        source_text += "; a control run: the evaluation of the same model's calibration"
     elif steps is not None:
         parts["warm-up"] = ovh.get("warmup_extra_s", 0.0)
         parts["per-step bookkeeping"] = steps * ovh.get("step_overhead_s", 0.0)
@@ -89,6 +106,9 @@ def _from_calibration(config: dict, entry: dict, facts: RunFacts, cal: Calibrati
             parts["best/ exports"] = (n_ev - 1) * ovh.get("export_s", 0.0)   # at most: every evaluation improves
         parts["checkpoints"] = n_checkpoints(steps, t["checkpoint_every"]) * ovh.get("checkpoint_s", 0.0)
         parts["final export + summary"] = ovh.get("export_s", 0.0) + ovh.get("finish_s", 0.0)
+    scoring, scoring_notes = scoring_seconds(config, entry, steps)
+    parts.update(scoring)
+    notes += scoring_notes
     overhead = sum(v for k, v in parts.items() if k != "steps")
     data_s = ovh.get("data_s", 0.0)
     if facts.data_tokens and ovh.get("data_tokens"):

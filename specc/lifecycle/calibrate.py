@@ -22,6 +22,7 @@ from specc.errors import UserError
 from specc.estimate.calibrations import open_calibration
 from specc.estimate.shape import device_key, shape_of_config
 from specc.lifecycle.calibrate_measure import (
+    measure_generation,
     Measured,
     TimedBackend,
     calibration_entry,
@@ -65,6 +66,7 @@ def calibration_config(run_config: dict, out_dir: Path, steps: int) -> dict:
         raw["schedule"] = dict(sched, total_steps=steps, warmup_steps=min(sched.get("warmup_steps", 0), steps - 1),
                                start_step=0, start_lr=None)
     raw.update(output_dir=str(out_dir / raw["run"]), continuation=None, stages={})
+    raw.pop("evaluation", None)      # task scoring is measured on its own (measure_generation), not in the steps
     return raw
 
 
@@ -106,13 +108,15 @@ def calibrate_run(run, *, steps: int = 20, warmup: int = 3, backend_name: str | 
         t_train = time.perf_counter()
         summary = train(session)
         t_end = time.perf_counter()
+        generation = measure_generation(session)
         data = session.data
         describe = backend.describe()
         measured = Measured(
             RunDir(session.run_dir).records(), summary, backend, cfg.training.grad_accum, open_s, eval_prepare_s,
             eval_before, t_train, t_end, describe, backend.memory(),
             data.train_plan.batches_per_epoch(0) if data.train_plan else None,
-            data.train_report.n_tokens if data.train_report else None, len(valid), device_text(backend, describe))
+            data.train_report.n_tokens if data.train_report else None, len(valid), device_text(backend, describe),
+            generation, {split: len(rows) for split, rows in data._examples.items()})
         del session
     gc.collect()
     if summary.get("status") not in FINISHED:

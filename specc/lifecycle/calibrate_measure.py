@@ -183,6 +183,8 @@ class Measured:
     tokens_per_epoch: int | None
     valid_batches: int
     device_text: str
+    generation: dict | None = None          # measure_generation(): new tokens per second when answering
+    split_examples: dict | None = None      # examples per split (how many a task scores when it has no limit)
 
 
 def calibration_entry(run, m: Measured, *, backend_name: str, reason: str, steps: int, warmup: int,
@@ -242,9 +244,40 @@ def calibration_entry(run, m: Measured, *, backend_name: str, reason: str, steps
                       "checkpoint_s": checkpoint_s, "export_s": export_s, "step_overhead_s": step_overhead,
                       "finish_s": finish_s},
         "memory": memory_parts(run.config, records, m),
+        "generation": m.generation,
         "data": {"train": data.get("train"), "valid": data.get("valid"), "format": data.get("format"),
                  "stride": data.get("stride"), "batches_per_epoch": m.batches_per_epoch,
                  "tokens_per_epoch": m.tokens_per_epoch,
                  "tokens_per_step": statistics.fmean(r["tokens"] for r in step_records),
-                 "valid_batches": m.valid_batches, **eval_sample_limit(run.config["training"])},
+                 "valid_batches": m.valid_batches, **eval_sample_limit(run.config["training"]),
+                 "examples": m.split_examples},
     }
+
+
+GENERATE_PROBE = (32, 16)   # prompts of up to 32 tokens, 16 new tokens each (no early stop): the decode rate
+
+
+def measure_generation(session) -> dict | None:
+    """New tokens per second when the backend answers a batch of prompts (what task scoring costs), on prompts cut
+    from this run's own evaluation rows; the adapter is as training left it."""
+    from backends.protocol import GenerationSettings
+
+    batches = session.data.eval_batches("valid") or []
+    prompts = []
+    for b in batches:
+        for ids, seg in zip(b.input_ids, b.segment_ids):
+            row = [int(t) for t, s in zip(ids, seg) if s == 1][:GENERATE_PROBE[0]]
+            if len(row) >= 2:
+                prompts.append(row)
+    prompts = prompts[:max(1, session.cfg.training.batch_size)]
+    if not prompts or not hasattr(session.backend, "generate"):
+        return None
+    settings = GenerationSettings(max_new_tokens=GENERATE_PROBE[1], batch_size=len(prompts),
+                                  pad_id=session.data.pad_id)
+    session.backend.generate(prompts[:1], GenerationSettings(max_new_tokens=2, pad_id=session.data.pad_id))  # warm-up
+    t0 = time.perf_counter()
+    out = session.backend.generate(prompts, settings)
+    seconds = time.perf_counter() - t0
+    new = sum(len(o) for o in out)
+    return {"tokens_per_s": new / seconds if seconds > 0 else None, "new_tokens": new, "seconds": round(seconds, 4),
+            "batch": len(prompts), "prompt_tokens": GENERATE_PROBE[0], "max_new_tokens": GENERATE_PROBE[1]}

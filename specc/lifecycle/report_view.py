@@ -11,6 +11,7 @@ from rich.table import Table
 from specc.fmt import fmt_duration, markup_safe
 from specc.lifecycle.accuracy import accuracy_problem
 from specc.lifecycle.report import ExperimentReport, RunReport
+from specc.lifecycle.report_tasks import task_markdown, task_rows
 from specc.lifecycle.rundata import eval_size_text
 from specc.lifecycle.verdict import CONFIRMED, INCONCLUSIVE, REJECTED
 
@@ -75,7 +76,8 @@ def render_markdown(rep: ExperimentReport, sort: str | None = None, descending: 
         lines.append("| " + " | ".join(f"`{c}`" if i == 0 else c for i, c in enumerate(run_row(r))) + " |")
     if sort:
         lines += ["", f"Sorted by {sort}{' (descending)' if descending else ''}."]
-    lines += ["", "## Hypothesis validation", ""]
+    lines += [""] + task_markdown([r.run for r in rep.runs])
+    lines += ["## Hypothesis validation", ""]
     verdicts = [(r, v) for r in rep.runs for v in r.verdicts]
     if verdicts:
         lines += ["| run | expectation | measured | baseline | compared | verdict | why |", "|---|---|---|---|---|---|---|"]
@@ -102,6 +104,19 @@ def render_markdown(rep: ExperimentReport, sort: str | None = None, descending: 
         lines += ["", f"Recorded in `{rep.accuracy_file.as_posix()}` (under runs/: reporting leaves `calibrations/` as it "
                       f"is). `specc calibrate --from-runs {rep.experiment}` folds these ratios into the calibration "
                       "files, and the next estimate of these shapes is corrected by them."]
+    used = [r for r in rep.runs if r.usage is not None]
+    if used:
+        lines += ["", "## Used against asked (SLURM)", "",
+                  "| run | time asked (one job) | used | used / asked | GPU-h asked | GPU-h used | source | --time next time |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in used:
+            u = r.usage.to_dict()
+            lines.append(f"| `{r.run.name}` | {_t(u['asked_s'])} | {fmt_duration(u['used_s'])} | "
+                         f"{_pct(u['ratio'])} | "
+                         f"{_h(u['asked_gpu_h'])} | {_h(u['used_gpu_h'])} | {u['source'] or '—'} | "
+                         f"{u['suggested_time'] or '— (not finished)'} |")
+        lines += ["", "The suggestion is the measured time + 10% + 10 min, rounded up to 5 min: set it as "
+                      "`resources.time` (or a `sweep.resources` rule for that shape)."]
     if rep.plots:
         lines += ["", "## Plots", ""]
         for p in rep.plots:
@@ -132,6 +147,14 @@ def report_lines(rep: ExperimentReport, sort: str | None = None, descending: boo
     for r in rep.sorted_runs(sort, descending):
         t.add_row(*map(markup_safe, run_row(r)))
     yield t
+    header, rows = task_rows([r.run for r in rep.runs])
+    if rows:
+        tasks = Table(title="task scores: % [95% interval] n (control = the base model, untrained)", title_justify="left")
+        for c in header:
+            tasks.add_column(c)
+        for row in rows:
+            tasks.add_row(*map(markup_safe, row))
+        yield tasks
     for r in rep.runs:
         name = markup_safe(r.run.name)
         for v in r.verdicts:
@@ -142,8 +165,23 @@ def report_lines(rep: ExperimentReport, sort: str | None = None, descending: boo
                    f"actual {r.accuracy.actual_s:,.0f} s, {r.accuracy.source})")
         elif r.accuracy_note and r.run.kind == "train" and r.run.summary:
             yield f"  {name}: time not compared with the estimate: {markup_safe(r.accuracy_note)}"
+        if r.usage is not None and r.usage.used_s is not None:
+            u = r.usage.to_dict()
+            yield (f"  {name}: asked {_t(u['asked_s'])}, used {fmt_duration(u['used_s'])} ({u['source']})"
+                   + (f", {u['ratio']:.0%} of the limit" if u["ratio"] is not None else "")
+                   + (f"; GPU-h {u['used_gpu_h']:.2f} of {u['asked_gpu_h']:.2f}" if u["gpus"] and u["asked_gpu_h"] else "")
+                   + (f"; next time --time={u['suggested_time']}" if u["suggested_time"] else ""))
     for i, s in enumerate(rep.next_steps, 1):
         yield f"  next {i}. {markup_safe(s)}"
+
+
+def _t(seconds) -> str:
+    from specc.spec.model import format_time
+    return "—" if seconds is None else format_time(seconds)
+
+
+def _h(gpu_h) -> str:
+    return "—" if gpu_h is None else f"{gpu_h:.2f}"
 
 
 def written_lines(rep: ExperimentReport, path: Path) -> Iterator[str]:
@@ -152,3 +190,7 @@ def written_lines(rep: ExperimentReport, path: Path) -> Iterator[str]:
     if rep.accuracy_file is not None and any(r.accuracy for r in rep.runs):
         yield (f"recorded time accuracy in {rep.accuracy_file}; fold it into calibrations/ with "
                f"`specc calibrate --from-runs {markup_safe(rep.experiment)}`")
+
+
+def _pct(ratio) -> str:
+    return "—" if ratio is None else f"{ratio:.0%}"

@@ -1,8 +1,9 @@
 """Judge a hypothesis' expected outcomes against what a run measured: CONFIRMED, REJECTED or INCONCLUSIVE.
 
-An expectation {metric, comparator, target, tolerance, relative, vs_baseline} reads:
+An expectation {metric, comparator, target, tolerance, relative, vs_baseline, vs_control} reads:
 
-- the measured value is the run's metric, or with vs_baseline the ratio run / baseline run;
+- the measured value is the run's metric, or with vs_baseline the ratio run / baseline run, or with
+  vs_control the difference run − control run (the same base model, untrained: e.g. exact match gained);
 - tolerance is slack in the lenient direction, absolute, or a fraction of |target| when relative;
 - `<` and `>` are strict at the (slackened) bound, `<=`, `>=`, `==` and `within` include it:
 
@@ -12,7 +13,9 @@ An expectation {metric, comparator, target, tolerance, relative, vs_baseline} re
 
 INCONCLUSIVE when the evidence is missing rather than against: the metric (or the baseline's) is
 absent, the run did not complete, it stopped before any evaluation (validation metrics), or it ran
-too few steps to say anything.
+too few steps to say anything. A task metric (eval.<task>.<metric>) carries a 95% interval; when the
+bound lies inside the interval of the value compared (of the difference, for vs_control), the data
+cannot tell, and that is INCONCLUSIVE too, with the interval in the reason.
 """
 from __future__ import annotations
 
@@ -35,9 +38,11 @@ class Verdict:
     relative: bool
     vs_baseline: bool
     verdict: str
+    vs_control: bool = False
     value: float | None = None          # what was compared: the metric, or the ratio to the baseline
     measured: float | None = None       # the run's own value
-    baseline: float | None = None       # the baseline's value (vs_baseline)
+    baseline: float | None = None       # the baseline's value (vs_baseline), or the control's (vs_control)
+    interval: tuple[float, float] | None = None   # 95% interval of `value`, for task metrics
     reason: str = ""
 
     @property
@@ -45,7 +50,7 @@ class Verdict:
         tol = ""
         if self.tolerance:
             tol = f" ± {self.tolerance:.0%}" if self.relative else f" ± {self.tolerance:g}"
-        base = " × baseline" if self.vs_baseline else ""
+        base = " × baseline" if self.vs_baseline else " over the control" if self.vs_control else ""
         return f"{self.metric} {SYMBOL.get(self.comparator, self.comparator)} {self.target:g}{base}{tol}"
 
 
@@ -119,21 +124,45 @@ def _why_not_evaluable(summary: dict | None, metric: str) -> str | None:
     return None
 
 
+def metric_interval(summary: dict | None, metric: str) -> tuple[float, float] | None:
+    """The 95% interval summary.json gives a task metric (eval.<task>.<metric> → eval.<task>.ci95)."""
+    parts = metric.split(".")
+    if len(parts) != 3 or parts[0] != "eval" or not summary:
+        return None
+    ci = ((summary.get("eval") or {}).get(parts[1]) or {}).get("ci95")
+    if isinstance(ci, list) and len(ci) == 2 and all(_num(x) is not None for x in ci):
+        return float(ci[0]), float(ci[1])
+    return None
+
+
 def judge(expected: dict, summary: dict | None, records: list[dict] | None = None,
           baseline_summary: dict | None = None, baseline_records: list[dict] | None = None,
-          baseline_name: str | None = None) -> Verdict:
+          baseline_name: str | None = None, control_summary: dict | None = None,
+          control_name: str | None = None) -> Verdict:
     """One expectation (a dict like config.json's hypothesis.expected items) against one run."""
     e = dict(metric=expected["metric"], comparator=expected["comparator"], target=float(expected["target"]),
              tolerance=float(expected.get("tolerance") or 0.0), relative=bool(expected.get("relative")),
-             vs_baseline=bool(expected.get("vs_baseline")))
+             vs_baseline=bool(expected.get("vs_baseline")), vs_control=bool(expected.get("vs_control")))
     why = _why_not_evaluable(summary, e["metric"])
     if why:
         return Verdict(**e, verdict=INCONCLUSIVE, reason=why)
     measured = metric_value(summary, e["metric"], records)
     if measured is None:
         return Verdict(**e, verdict=INCONCLUSIVE, reason=f"metric {e['metric']!r} is not in the run's summary or metrics")
-    value, base = measured, None
-    if e["vs_baseline"]:
+    value, base, interval = measured, None, metric_interval(summary, e["metric"])
+    if e["vs_control"]:
+        if control_summary is None:
+            return Verdict(**e, verdict=INCONCLUSIVE, measured=measured,
+                           reason=f"no finished control run ({control_name or 'none in the experiment'}) to compare with")
+        why = _why_not_evaluable(control_summary, e["metric"])
+        if why:
+            return Verdict(**e, verdict=INCONCLUSIVE, measured=measured, reason=f"control: {why}")
+        base = metric_value(control_summary, e["metric"])
+        if base is None:
+            return Verdict(**e, verdict=INCONCLUSIVE, measured=measured, reason=f"the control run has no {e['metric']!r}")
+        value = measured - base
+        interval = _difference_interval(interval, metric_interval(control_summary, e["metric"]), measured, base)
+    elif e["vs_baseline"]:
         if baseline_summary is None:
             return Verdict(**e, verdict=INCONCLUSIVE, measured=measured,
                            reason=f"no finished baseline run ({baseline_name or 'no baseline named'}) to compare with")
@@ -148,12 +177,34 @@ def judge(expected: dict, summary: dict | None, records: list[dict] | None = Non
             return Verdict(**e, verdict=INCONCLUSIVE, measured=measured, baseline=base,
                            reason="the baseline's value is 0: no ratio")
         value = measured / base
+        interval = None
     ok = compare(value, e["comparator"], e["target"], e["tolerance"], e["relative"])
     tol = slack(e["target"], e["tolerance"], e["relative"])
-    what = f"ratio {value:.4g}" if e["vs_baseline"] else f"{value:.4g}"
+    what = (f"ratio {value:.4g}" if e["vs_baseline"] else
+            f"difference {value:.4g} ({measured:.4g} − control {base:.4g})" if e["vs_control"] else f"{value:.4g}")
     bound = _bound_text(e["comparator"], e["target"], tol)
+    if interval is not None and _undecided(interval, e["comparator"], e["target"], tol):
+        return Verdict(**e, verdict=INCONCLUSIVE, value=value, measured=measured, baseline=base, interval=interval,
+                       reason=f"{what}: its 95% interval [{interval[0]:.4g}, {interval[1]:.4g}] reaches across "
+                              f"{bound}, so the data cannot tell (score more examples)")
+    ci = f", 95% interval [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else ""
     return Verdict(**e, verdict=CONFIRMED if ok else REJECTED, value=value, measured=measured, baseline=base,
-                   reason=f"{what} {'meets' if ok else 'misses'} {bound}")
+                   interval=interval, reason=f"{what}{ci} {'meets' if ok else 'misses'} {bound}")
+
+
+def _difference_interval(a, b, mean_a: float, mean_b: float) -> tuple[float, float] | None:
+    if a is None or b is None:
+        return None
+    half = math.sqrt(((a[1] - a[0]) / 2) ** 2 + ((b[1] - b[0]) / 2) ** 2)
+    d = mean_a - mean_b
+    return d - half, d + half
+
+
+def _undecided(interval: tuple[float, float], comparator: str, target: float, tol: float) -> bool:
+    """Whether the bound lies strictly inside the interval: one end meets it, the other misses it."""
+    low, high = interval
+    ends = [compare(x, comparator, target, tol) for x in (low, high)]
+    return ends[0] != ends[1]
 
 
 def _bound_text(comparator: str, target: float, tol: float) -> str:

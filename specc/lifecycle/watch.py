@@ -72,6 +72,7 @@ class Snapshot:
     mem_mb: float | None
     flags: list[Flag] = field(default_factory=list)
     log: Path | None = None
+    task_scores: dict = field(default_factory=dict)   # eval.<task>.<metric> → (step, score): the latest in training
     alive: bool | None = None            # the process checked (this host): True / False; None: not checkable
     stale_after_s: float | None = None   # no heartbeat for this long: presumed dead
     gpu_util: float | None = None        # median NVML utilization of the recent steps (CUDA runs), percent
@@ -144,6 +145,7 @@ def snapshot(run_dir: Path, now: float | None = None) -> Snapshot:
                     tps, steps[-1].get("mem_mb") if steps else None, log=find_log(run_dir, config.get("index")))
     util = [r["gpu_util"] for r in recent if isinstance(r.get("gpu_util"), (int, float))]
     snap.gpu_util = statistics.median(util) if util else None
+    snap.task_scores = latest_task_scores(records, final)
     if not ended:
         snap.alive = process_alive(summary) if (summary or {}).get("status") == "running" else None
         snap.stale_after_s = stale_after(attempt, step_lines(attempt.lines) or steps)
@@ -153,6 +155,20 @@ def snapshot(run_dir: Path, now: float | None = None) -> Snapshot:
     elif any(f.kind == "killed" for f in snap.flags):
         snap.status, snap.eta_s = f"{snap.status}, no progress", None
     return snap
+
+
+def latest_task_scores(records: list[dict], final: dict | None) -> dict:
+    """The newest score of each task metric: summary.json's (after training) or the last in-training line."""
+    scores: dict = {}
+    for r in records:
+        for key, value in r.items():
+            if key.startswith("eval.") and isinstance(value, (int, float)):
+                scores[key] = (r.get("step"), float(value))
+    for task, entry in ((final or {}).get("eval") or {}).items():
+        for metric, value in entry.items():
+            if metric not in ("ci95", "n", "skipped", "scorer_errors", "adapter") and isinstance(value, (int, float)):
+                scores[f"eval.{task}.{metric}"] = (None, float(value))
+    return scores
 
 
 def describe(s: Snapshot) -> list[str]:
@@ -167,6 +183,8 @@ def describe(s: Snapshot) -> list[str]:
         bits.append(f"loss avg {s.loss_avg:.4f}")
     if s.val_loss is not None:
         bits.append(f"val {s.val_loss:.4f}" + (f" (best {s.best_val_loss:.4f})" if s.best_val_loss is not None else ""))
+    for key, (step, score) in s.task_scores.items():
+        bits.append(f"{key} {score:.3f}" + (f" (step {step})" if step is not None else ""))
     if s.tokens_per_s:
         bits.append(f"{s.tokens_per_s:,.0f} tok/s")
     if s.mem_mb:

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from specc.errors import SpecIssue
+from specc.plan.jobenv import resolve_job_settings
 from specc.spec.clusters import Catalog, Cluster
 from specc.spec.loader import Located
 from specc.spec.model import Spec, format_time, parse_time
 
 DEFAULT_SIGNAL_LEAD_S = 180   # until a checkpoint time is measured: generous for a LoRA adapter save
+CONTROL_TIME_S = 1800         # an eval-only control run until its evaluation is estimated (a calibration)
 
 
 @dataclass(frozen=True)
@@ -28,11 +30,30 @@ class ResolvedResources:
     max_requeues: int
     signal_lead_s: int
     signal_lead_source: str
+    # The job settings (plan/jobenv.py): the spec's resources over the cluster's defaults.
+    account: str | None = None
+    constraint: str | None = None
+    exclusive: bool = False
+    mail_user: str | None = None
+    mail_type: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    setup: tuple[str, ...] = ()
+    extra_sbatch: tuple[tuple[str, str], ...] = ()
+    settings_from: tuple[tuple[str, str], ...] = ()      # field (env.NAME, setup.2, ...) → "spec" | "cluster X"
 
     def to_dict(self) -> dict:
-        d = {f: getattr(self, f) for f in _FIELDS}   # every value is a scalar but choices (asdict deep-copies: slow)
+        d = {f: getattr(self, f) for f in _FIELDS}   # every value is a scalar but these (asdict deep-copies: slow)
         d["choices"] = [list(c) for c in self.choices]
+        for f in ("env", "extra_sbatch", "settings_from"):
+            d[f] = dict(d[f])
+        d["setup"] = list(self.setup)
         return d
+
+    @property
+    def job_shape(self) -> tuple:
+        """What the #SBATCH lines and the script's environment depend on: runs of one shape share a job array."""
+        return tuple(getattr(self, f) for f in _FIELDS if f not in ("time_source", "signal_lead_source",
+                                                                    "settings_from"))
 
 
 _FIELDS = tuple(f.name for f in fields(ResolvedResources))
@@ -132,9 +153,28 @@ def resolve_resources(spec: Spec, catalog: Catalog, located: Located, issues: li
     if not choices:
         choices = [(r.cluster, partition, qos)]
     return ResolvedResources(r.cluster, partition, qos, r.gpus, r.gpu_type or part.gpu_type, r.nodes, r.cpus, r.mem,
-                             time, time_source, tuple(choices), r.max_requeues, int(lead), lead_source)
+                             time, time_source, tuple(choices), r.max_requeues, int(lead), lead_source,
+                             **resolve_job_settings(r, r.cluster, cluster))
 
 
 def _placeholder(r) -> ResolvedResources:
     return ResolvedResources(r.cluster, r.partition or "?", r.qos, r.gpus, r.gpu_type, r.nodes, r.cpus, r.mem,
                              r.time or "00:00:00", "unresolved", (), r.max_requeues, 0, "unresolved")
+
+
+def control_resources(res: ResolvedResources, catalog: Catalog) -> ResolvedResources:
+    """An eval-only control run's job: one GPU at most, one node, and its own short limit.
+
+    The limit is CONTROL_TIME_S (or the training runs' limit, if shorter) until the evaluation is estimated
+    (estimate/attach.py sets it from a calibration); the evaluation is the base model's validation (and test)
+    loss, which needs neither several ranks nor the training runs' hours."""
+    cluster = catalog.clusters.get(res.cluster)
+    part = cluster.partitions.get(res.partition) if cluster else None
+    cap = min(parse_time(res.time), part.max_seconds if part else parse_time(res.time))
+    seconds = min(CONTROL_TIME_S, cap)
+    source = (f"eval-only control run: {format_time(seconds)} until its evaluation is estimated "
+              "(`specc calibrate` measures it)")
+    explicit = res.signal_lead_source == "resources.signal_lead_s"
+    lead = res.signal_lead_s if explicit else min(DEFAULT_SIGNAL_LEAD_S, max(10, seconds // 4))
+    return replace(res, gpus=min(res.gpus, 1), nodes=1, time=format_time(seconds), time_source=source,
+                   signal_lead_s=int(lead), signal_lead_source=res.signal_lead_source)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from specc import __version__
 from specc.errors import SpecError, SpecIssue, UserError, staged
-from specc.plan.resources import ResolvedResources, resolve_resources
+from specc.plan.resources import ResolvedResources, control_resources, resolve_resources
 from specc.plan.schedule import ScheduleSpec
 from specc.plan.steps import StepCount, count_steps
-from specc.plan.sweep import (PLACEHOLDER, control_label, plain, point_issue, point_label, run_name, set_path,
+from specc.plan.sweep import (PLACEHOLDER, apply_resource_rules, control_label, plain, point_issue, point_label, run_name, set_path,
                               valid_field_path, validate_point)
 from specc.spec.clusters import load_catalog
 from specc.spec.model import SLUG, Spec, model_section
@@ -116,6 +116,9 @@ def plan_experiment(loaded: LoadedSpec, counted: dict[str, tuple[int, str]] | No
             issues += [point_issue(located, issue, point, value_index) for issue in point_issues]
             continue
         run_spec, provenance = _apply_profile(run_spec, point)
+        if spec.sweep is not None and spec.sweep.resources:
+            run_spec, by_rule = apply_resource_rules(spec, run_spec, located, issues)
+            provenance = tuple(sorted(dict(provenance, **dict(by_rule)).items()))
         if spec.sweep is not None:
             # Dump only the sections the naming template names: a large sweep plans thousands of runs.
             resolved = {s: plain(getattr(run_spec, s)) for s in name_sections if s in Spec.model_fields}
@@ -139,14 +142,17 @@ def plan_experiment(loaded: LoadedSpec, counted: dict[str, tuple[int, str]] | No
                                resolved_cache, counted))
         controls.setdefault(run_spec.model.path, run_spec)
 
-    if spec.sweep is not None and spec.sweep.control and not issues:
+    wants_control = bool(spec.sweep and spec.sweep.control) or bool(spec.evaluation and spec.evaluation.control)
+    where_control = ("sweep", "control") if spec.sweep and spec.sweep.control else ("evaluation", "control")
+    issues += _expectation_issues(spec, located, wants_control)
+    if wants_control and not issues:
         for run_spec in controls.values():
             name = f"control_{control_label(run_spec)}"
             if name in names:
                 name = f"{name}_{len(names)}"
             names[name] = ()
             if run_spec.data.valid is None and run_spec.data.test is None:
-                issues.append(located.issue(("sweep", "control"), "control runs evaluate the base model: set data.valid or data.test"))
+                issues.append(located.issue(where_control, "control runs evaluate the base model: set data.valid or data.test"))
                 break
             runs.append(_build_run(loaded, run_spec, name, "control", len(runs), (), (), catalog, issues, resolved_cache))
     if issues:
@@ -159,6 +165,33 @@ def plan_experiment(loaded: LoadedSpec, counted: dict[str, tuple[int, str]] | No
     from specc.estimate.attach import apply_estimates   # calibrations/ + declared figures: committed inputs only
 
     return apply_estimates(ExperimentPlan(loaded.path, spec.experiment, spec, tuple(runs), catalog_source, tuple(warnings)))
+
+
+def _expectation_issues(spec: Spec, located, has_control: bool) -> list[SpecIssue]:
+    """Tasks need a split and prompts; expectations naming a task metric need that task; vs_control a control run."""
+    import difflib
+
+    issues = []
+    keys = [t.metric_key for t in spec.evaluation.tasks] if spec.evaluation else []
+    for i, t in enumerate(spec.evaluation.tasks if spec.evaluation else []):
+        if spec.data.format == "text" and not t.prompt_field:
+            issues.append(located.issue(("evaluation", "tasks", i), f"task {t.name!r}: format 'text' has no prompt and "
+                                        "reference of its own: give prompt_field and reference_field (JSONL keys)"))
+        if getattr(spec.data, t.split) is None:
+            issues.append(located.issue(("evaluation", "tasks", i, "split"), f"task {t.name!r} scores the {t.split} "
+                                        f"split, but data.{t.split} is not set"))
+    for i, e in enumerate(spec.hypothesis.expected):
+        where = ("hypothesis", "expected", i, "metric")
+        if e.metric.startswith("eval.") and e.metric not in keys:
+            close = difflib.get_close_matches(e.metric, keys, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else (
+                f" (declared: {', '.join(keys)})" if keys else " (declare the task under evaluation.tasks)")
+            issues.append(located.issue(where, f"{e.metric!r} names no evaluation task's metric{hint}"))
+        if e.vs_control and not has_control:
+            issues.append(located.issue(("hypothesis", "expected", i, "vs_control"),
+                                        "vs_control compares with a control run: set evaluation.control: true "
+                                        "(or sweep.control: true)"))
+    return issues
 
 
 def _apply_profile(spec: Spec, point) -> tuple[Spec, tuple]:
@@ -228,6 +261,8 @@ def _build_run(loaded: LoadedSpec, spec: Spec, name: str, kind: str, index: int,
         issues.append(located.issue(("stages", "test", "max_steps"),
                                     f"run {name}: the test stage ({test.max_steps} steps) must be shorter than the full run ({steps.steps})"))
     resources = _resolve(spec, catalog, located, issues, None, name, cache)
+    if kind == "control":
+        resources = control_resources(resources, catalog)
     test_resources = _resolve(spec, catalog, located, issues, "test", name, cache) if test and kind == "train" else None
     config = _trainer_config(spec, spec_dir, name, kind, index, point, steps, schedule, provenance, resources, test_resources)
     return RunPlan(spec.experiment, name, kind, index, tuple(point), spec, steps, schedule, tuple(provenance),
@@ -286,4 +321,8 @@ def _trainer_config(spec: Spec, spec_dir: Path, name, kind, index, point, steps,
         "profile": spec.profile,
         "provenance": dict(provenance),
         "continuation": spec.continuation.model_dump(mode="json") if spec.continuation else None,
+        "tracking": spec.tracking.model_dump(mode="json") if spec.tracking else None,
+        **({"evaluation": spec.evaluation.model_dump(mode="json")} if spec.evaluation else {}),
+        # a custom scorer is the spec author's code, imported from the spec's directory
+        **({"spec_dir": _rel(spec_dir, ".")} if spec.evaluation and any(t.custom for t in spec.evaluation.tasks) else {}),
     }

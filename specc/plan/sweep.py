@@ -114,3 +114,29 @@ def valid_field_path(path: tuple) -> bool:
     if len(path) == 1:
         return True
     return path[-1] in fields_at(Spec, path[:-1])
+
+
+def apply_resource_rules(spec: Spec, run_spec: Spec, located, issues: list[SpecIssue]) -> tuple[Spec, tuple]:
+    """The first sweep.resources rule whose `when` matches the run sets its resources (re-validated)."""
+    for i, rule in enumerate(spec.sweep.resources if spec.sweep else ()):
+        values = {}
+        for key in rule.when:
+            if not valid_field_path(tuple(key.split("."))):
+                issues.append(located.issue(("sweep", "resources", i, "when", key), f"{key!r} is not a spec field",
+                                            key=True))
+                return run_spec, ()
+            try:
+                values[key] = dotted_value({s: plain(getattr(run_spec, s)) for s in (key.split(".")[0],)}, key)
+            except KeyError:
+                values[key] = None
+        if all(values[k] == v or format_value(values[k]) == format_value(v) for k, v in rule.when.items()):
+            adapter, model = section_adapter("resources")
+            try:
+                resources = adapter.validate_python(merged(run_spec.resources.model_dump(exclude_unset=True), rule.set))
+            except ValidationError as exc:
+                issues += [SpecIssue(x.file, x.line, x.col, f"sweep.resources[{i}]: {x.message}", x.path)
+                           for x in pydantic_issues(exc, located, model, prefix=("sweep", "resources", i, "set"))]
+                return run_spec, ()
+            source = f"sweep.resources[{i}]"
+            return run_spec.model_copy(update={"resources": resources}), tuple((f"resources.{k}", source) for k in rule.set)
+    return run_spec, ()

@@ -15,6 +15,7 @@ from specc.rundir import FINISHED, RUNS_ROOT, RunDir, is_step_line
 from specc.slurm import client
 from specc.slurm.gate import read_verdict
 from specc.slurm.state import JobRecord, Jobs, load_jobs
+from specc.slurm.usage import Usage, run_usage
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Row:
     restarts: int | None
     note: str
     log: str | None = None
+    usage: Usage | None = None      # used against asked (slurm/usage.py)
 
 
 def run_dir(experiment: str, run: str, stage: str, root: Path = RUNS_ROOT) -> Path:
@@ -122,7 +124,8 @@ def _row(experiment: str, run: str, rec: JobRecord, jobs: Jobs, root: Path, canc
     elif summary and state.startswith("COMPLETED"):
         best = summary.get("best_val_loss")
         note = summary.get("status", "") + (f", best val {best:.4f}" if isinstance(best, (int, float)) else "")
-    return Row(run, rec.stage, rec.job_id, rec.partition, state, step, total, loss, eta, restarts, note, rec.log)
+    usage = run_usage(experiment, run, rec.stage, jobs, root, info)
+    return Row(run, rec.stage, rec.job_id, rec.partition, state, step, total, loss, eta, restarts, note, rec.log, usage)
 
 
 def _blocked_reason(experiment: str, run: str, jobs: Jobs, root: Path) -> str:
@@ -169,3 +172,8 @@ def cancel(experiment: str, run: str | None, root: Path = RUNS_ROOT) -> list[str
     return ids
 
 
+
+
+def all_ended(rows_: list[Row]) -> bool:
+    """Every job has ended (`specc status --watch` stops then); a job SLURM no longer knows counts as ended."""
+    return all(r.state in client.TERMINAL or r.state.endswith("?") or r.state == "UNKNOWN" for r in rows_)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from specc.emit.sbatch import parse_sbatch_lines
 from specc.errors import UserError, staged
+from specc.plan.jobs import JobGroup, job_groups
 from specc.plan.runs import ExperimentPlan, RunPlan
 from specc.slurm import client
 from specc.slurm.choose import Decision, choose
@@ -34,11 +35,29 @@ class PlannedJob:
     depends_on: "PlannedJob | None" = None
     job_id: str | None = None        # after submission
     flags: dict = field(default_factory=dict)   # the script's #SBATCH flags
+    why: str = ""                    # an array: its shape, and why it is apart from the others
+    tasks: list[int] | None = None   # an array submitted in part (--unfinished): these task ids only
 
     @property
     def label(self) -> str:
-        what = f"{len(self.runs)}-task array" if self.array else self.runs[0].name
+        n = len(self.tasks) if self.tasks is not None else len(self.runs)
+        what = f"{n}-task array" if self.array else self.runs[0].name
+        if self.array and self.script.stem not in ("array", "test_array"):
+            what += f" {self.script.stem}"
         return f"{self.stage} {what}"
+
+    @property
+    def members(self) -> list[tuple[int, RunPlan]]:
+        """(task id, run) of what this job trains: every task of an array, or those of a partial one."""
+        if not self.array:
+            return [(0, self.runs[0])]
+        return [(i, self.runs[i]) for i in (self.tasks if self.tasks is not None else range(len(self.runs)))]
+
+    def array_args(self) -> list[str]:
+        if not self.array or self.tasks is None:
+            return []
+        limit = self.flags.get("array", "").partition("%")[2]
+        return ["--array=" + ",".join(map(str, self.tasks)) + (f"%{limit}" if limit else "")]
 
     def choice_args(self) -> list[str]:
         v = self.decision.chosen
@@ -59,7 +78,7 @@ class PlannedJob:
         return [f"--dependency={kind}:{dep_id}", "--kill-on-invalid-dep=yes"]
 
     def sbatch_args(self) -> list[str]:
-        return [*self.dependency_args(), *self.choice_args(), str(self.script)]
+        return [*self.dependency_args(), *self.array_args(), *self.choice_args(), str(self.script)]
 
 
 def _lead_resources(job: PlannedJob):
@@ -77,25 +96,20 @@ def _lead_run(runs: list[RunPlan], stage: str) -> RunPlan:
 
 
 @staged("submit")
-def plan_jobs(plan: ExperimentPlan, out_dir: Path, run_name: str | None, *, sinfo) -> list[PlannedJob]:
-    """The jobs to submit, in submission order (a test job before the full job that depends on it)."""
+def plan_jobs(plan: ExperimentPlan, out_dir: Path, run_name: str | None, *, sinfo,
+              only: dict[str, bool] | None = None) -> list[PlannedJob]:
+    """The jobs to submit, in submission order (a test job before the full job that depends on it).
+
+    `only` (--unfinished): {run: whether its test stage must run again}; the other runs are left out, and an
+    array is submitted with just those tasks (`--array=1,3`)."""
     catalog, _ = load_catalog(plan.spec_path, plan.spec.resources.catalog)
     root = out_dir / plan.experiment
     jobs: list[PlannedJob] = []
     if plan.spec.sweep is not None and run_name is None:
-        tested = [r for r in plan.runs if r.test_resources is not None]
-        test_job = None
-        if tested:
-            lead = _lead_run(tested, "test")
-            test_job = PlannedJob("test", root / "test_array.sbatch", tested, choose(lead, "test", catalog, sinfo=sinfo),
-                                  array=True)
-            jobs.append(test_job)
-        runs = list(plan.runs)
-        # aftercorr pairs test task i with full task i: the tested runs must come first (controls last).
-        assert runs[:len(tested)] == tested, "tested runs must lead the array"
-        lead = _lead_run(runs, "full")
-        jobs.append(PlannedJob("full", root / "array.sbatch", runs, choose(lead, None, catalog, sinfo=sinfo),
-                               array=True, depends_on=test_job))
+        for group in job_groups(plan):
+            if only is not None and not any(r.name in only for r in group.runs):
+                continue
+            jobs += _group_jobs(group, root, catalog, sinfo, only)
     else:
         runs = [r for r in plan.runs if run_name is None or r.name == run_name]
         if not runs:
@@ -103,13 +117,44 @@ def plan_jobs(plan: ExperimentPlan, out_dir: Path, run_name: str | None, *, sinf
                             hint="runs: " + ", ".join(r.name for r in plan.runs))
         run = runs[0]
         test_job = None
-        if run.test_resources is not None:
+        if only is not None and run.name not in only:
+            return []
+        if run.test_resources is not None and (only is None or only[run.name]):
             test_job = PlannedJob("test", root / run.name / "test.sbatch", [run], choose(run, "test", catalog, sinfo=sinfo))
             jobs.append(test_job)
         jobs.append(PlannedJob("full", root / run.name / "train.sbatch", [run], choose(run, None, catalog, sinfo=sinfo),
                                depends_on=test_job))
     for job in jobs:
         job.flags = dict(parse_sbatch_lines(job.script.read_text(encoding="utf-8"))) if job.script.is_file() else {}
+    return jobs
+
+
+def _group_jobs(group: JobGroup, root: Path, catalog, sinfo, only: dict[str, bool] | None) -> list[PlannedJob]:
+    """One shape's test array (if any) and full array; with `only`, just the tasks of those runs."""
+    jobs: list[PlannedJob] = []
+    runs = list(group.runs)
+    tested = list(group.tested)
+    # aftercorr pairs test task i with full task i: the tested runs must come first (plan/jobs.py).
+    assert runs[:len(tested)] == tested, "tested runs must lead the array"
+    retest = [r for r in tested if only is None or only.get(r.name)]
+    test_job = None
+    if retest:
+        test_job = PlannedJob("test", root / f"{group.test_name}.sbatch", tested,
+                              choose(_lead_run(tested, "test"), "test", catalog, sinfo=sinfo), array=True,
+                              why=group.why, tasks=None if only is None else [tested.index(r) for r in retest])
+        jobs.append(test_job)
+    decision = choose(_lead_run(runs, "full"), None, catalog, sinfo=sinfo)
+    script = root / f"{group.name}.sbatch"
+    if only is None:
+        jobs.append(PlannedJob("full", script, runs, decision, array=True, depends_on=test_job, why=group.why))
+        return jobs
+    # Resubmitting: the runs whose test runs again wait for it; the others (test passed) start at once.
+    after_test = [i for i, r in enumerate(runs) if r.name in only and only[r.name] and r in retest]
+    at_once = [i for i, r in enumerate(runs) if r.name in only and i not in after_test]
+    for tasks, dep in ((after_test, test_job), (at_once, None)):
+        if tasks:
+            jobs.append(PlannedJob("full", script, runs, decision, array=True, depends_on=dep, why=group.why,
+                                   tasks=tasks))
     return jobs
 
 
@@ -169,7 +214,7 @@ def submit_jobs(plan: ExperimentPlan, planned: list[PlannedJob], env: dict[str, 
         job.job_id = job_id
         v = job.decision.chosen
         pattern, name = job.flags.get("output", ""), job.flags.get("job-name", "")
-        for index, run in enumerate(job.runs):
+        for index, run in job.members:
             jid = f"{job_id}_{index}" if job.array else job_id
             jobs.add(run.name, JobRecord(
                 job_id=jid, stage=job.stage, submitted_at=now(), partition=v.partition, script=str(job.script),

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError
 
 from specc.errors import SpecError
+from specc.spec.jobenv import JobSettings
 from specc.spec.loader import load_yaml, load_yaml_text
 from specc.spec.model import Name, SlurmTime, Strict, parse_time
 
@@ -42,6 +43,8 @@ class Cluster(Strict):
     partitions: dict[Name, Partition] = Field(min_length=1)
     qos: dict[Name, Qos] = Field(default_factory=dict)
     gpu_types: dict[Name, GpuType] = Field(default_factory=dict)
+    defaults: JobSettings = Field(default_factory=JobSettings, description="the cluster's account, constraint, mail, "
+                                  "env, setup lines and extra sbatch options; a spec's resources add to or override them")
 
     def qos_for(self, seconds: int) -> str | None:
         """The QoS with the smallest limit that still covers `seconds` (short ≤ 24 h, long ≤ 72 h)."""

@@ -9,66 +9,16 @@ which records who won (spec, profile or fallback).
 """
 from __future__ import annotations
 
-import math
 import re
-from functools import lru_cache
-from typing import Annotated, Literal, Union
+from typing import Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-SLUG = re.compile(r"^[A-Za-z0-9._-]+$")
-TIME = re.compile(r"^(?:(\d+)-)?(\d{1,3}):(\d{2})(?::(\d{2}))?$")
-MEM = re.compile(r"^\d+(?:\.\d+)?[KMGT]?$")
-
-
-class Strict(BaseModel):
-    # No inf/nan: `epochs: .inf` would otherwise pass `gt=0` and crash the planner.
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _plain_name(v: str) -> str:
-    # Cluster, partition, QoS and GPU-type names reach #SBATCH lines: a newline would end one.
-    if _CONTROL.search(v):
-        raise ValueError(f"{v!r} contains control characters (newline, tab, ...)")
-    return v
-
-
-# A name that may reach an sbatch script.
-Name = Annotated[str, Field(min_length=1), AfterValidator(_plain_name)]
-
-
-@lru_cache(maxsize=1024)
-def parse_time(value: str) -> int:
-    """SLURM time 'D-HH:MM:SS', 'HH:MM:SS' or 'HH:MM' → seconds."""
-    m = TIME.match(value.strip())
-    if not m:
-        raise ValueError(f"time {value!r} is not D-HH:MM:SS, HH:MM:SS or HH:MM")
-    days, hours, minutes, seconds = (int(x) if x else 0 for x in m.groups())
-    if minutes >= 60 or seconds >= 60:
-        raise ValueError(f"time {value!r}: minutes and seconds must be < 60")
-    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
-
-
-def _slurm_time(value: str) -> str:
-    parse_time(value)
-    return value
-
-
-# A SLURM time limit, D-HH:MM:SS, HH:MM:SS or HH:MM (checked, kept as written).
-SlurmTime = Annotated[str, AfterValidator(_slurm_time)]
-
-
-def format_time(seconds: int) -> str:
-    """Seconds → SLURM 'D-HH:MM:SS' (or 'HH:MM:SS' under a day)."""
-    seconds = max(0, int(math.ceil(seconds)))
-    days, rem = divmod(seconds, 86400)
-    h, rem = divmod(rem, 3600)
-    m, s = divmod(rem, 60)
-    return f"{days}-{h:02d}:{m:02d}:{s:02d}" if days else f"{h:02d}:{m:02d}:{s:02d}"
-
+from specc.spec.evaluation import Evaluation
+from specc.spec.fields import (MEM, SLUG, Name, SlurmTime, Strict, format_time,  # noqa: F401  (re-exported)
+                               parse_time)
+from specc.spec.jobenv import JobSettings
+from specc.spec.tracking import Tracking
 
 Comparator = Literal["<", "<=", ">", ">=", "==", "within"]
 
@@ -81,6 +31,14 @@ class Expected(Strict):
     tolerance: float = Field(0.0, ge=0, description="absolute slack; for 'within' a relative band is target*tolerance when relative=true")
     relative: bool = Field(False, description="tolerance is a fraction of the target (0.05 = ±5%)")
     vs_baseline: bool = Field(False, description="target is relative to the baseline's value of the metric (ratio)")
+    vs_control: bool = Field(False, description="target is the difference from the control run's value (same base "
+                                                "model, no training): e.g. exact match gained by the adapter")
+
+    @model_validator(mode="after")
+    def _one_reference(self):
+        if self.vs_baseline and self.vs_control:
+            raise ValueError("compare against the baseline or the control run, not both")
+        return self
 
     @field_validator("metric")
     @classmethod
@@ -213,7 +171,8 @@ class Choice(Strict):
     qos: Name | None = None
 
 
-class Resources(Strict):
+class Resources(JobSettings):
+    """Resources of a run's job; the job settings (account, mail, env, setup, ...) come from JobSettings."""
     cluster: Name = "local"
     catalog: str | None = Field(None, description="clusters catalog YAML; default: clusters.yaml beside the spec, else the built-in")
     partition: Name | None = None
@@ -252,11 +211,20 @@ class Stages(Strict):
     test: TestStage | None = None
 
 
+class ResourceRule(Strict):
+    """Resources for the sweep points that match: `{when: {model.size: 3B}, set: {time: "08:00:00", mem: 128G}}`."""
+    when: dict[str, Union[str, int, float, bool]] = Field(min_length=1, description="dotted spec fields and the values "
+                                                          "a run must have (after the sweep point is applied)")
+    set: dict = Field(min_length=1, description="resources fields for those runs (over the spec's resources)")
+
+
 class Sweep(Strict):
     matrix: dict[str, list[Union[dict, str, int, float, bool, None]]] = Field(min_length=1)
     name: str = Field(min_length=1, description="run-name template, e.g. {model.size}_rank{model.lora.rank}")
     control: bool = Field(False, description="add eval-only runs of each distinct base model")
-    max_concurrent: int | None = Field(None, ge=1, description="job-array concurrency limit (%N)")
+    max_concurrent: int | None = Field(None, ge=1, description="job-array concurrency limit (%N), per array")
+    resources: list[ResourceRule] = Field(default_factory=list, description="per-shape resources: the first rule "
+                                          "whose `when` matches a run sets its resources; one job array per shape")
 
 
 class Continuation(Strict):
@@ -280,8 +248,12 @@ class Spec(Strict):
     resources: Resources = Field(default_factory=Resources)
     stages: Stages = Field(default_factory=Stages)
     sweep: Sweep | None = None
+    evaluation: Evaluation | None = Field(None, description="task scores from generation, on the adapter and on "
+                                                               "control runs")
+    tracking: Tracking | None = Field(None, description="experiment trackers the runs log to (MLflow, Weights & Biases)")
     backend: str = Field("auto", description="auto, torch, mlx, or a backend registered in the specc.backends "
                                              "entry-point group")
+    continuation: Continuation | None = None
 
     @field_validator("backend")
     @classmethod
@@ -292,7 +264,6 @@ class Spec(Strict):
         if problem:
             raise ValueError(problem)
         return v
-    continuation: Continuation | None = None
 
     @field_validator("experiment")
     @classmethod
@@ -303,4 +274,5 @@ class Spec(Strict):
 
 
 SECTION_MODELS = {"hypothesis": Hypothesis, "model": Model, "data": Data, "training": Training,
-                  "resources": Resources, "stages": Stages, "sweep": Sweep}
+                  "resources": Resources, "stages": Stages, "sweep": Sweep, "evaluation": Evaluation,
+                  "tracking": Tracking}

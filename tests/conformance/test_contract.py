@@ -36,7 +36,9 @@ from conformance_harness import (
     step_lines,
     val_lines,
 )
+from backends.layout import canonical_adapter
 from specc.engine import checkpoint as ckpt
+from specc.errors import UserError
 from specc.plan.schedule import ScheduleSpec, extend
 from specc.plan.schedule import lr as lr_at
 
@@ -60,12 +62,19 @@ def checkpoint_adapter(path) -> dict[str, np.ndarray]:
     return {k: v for k, v in load_arrays(path / "state.safetensors").items() if k.startswith("adapter/")}
 
 
+def canonical(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Adapter arrays under any backend's or ecosystem's names (a checkpoint holds the canonical layout of
+    backends/layout.py, a backend's state() its own) in canonical names and orientation, when they are LoRA."""
+    named = {k.split(":", 1)[-1].removeprefix("adapter/").replace(".default.", "."): v for k, v in arrays.items()}
+    try:
+        return {k: np.ascontiguousarray(v) for k, v in canonical_adapter(named).items()}
+    except UserError:
+        return named
+
+
 def assert_same_adapter(exported: dict[str, np.ndarray], state: dict[str, np.ndarray], what: str) -> None:
     """An exported adapter holds exactly the checkpoint's adapter arrays (names compared when they line up)."""
-    def norm(k: str) -> str:
-        return k.split(":", 1)[-1].removeprefix("adapter/").replace(".default.", ".")
-
-    a, b = {norm(k): v for k, v in exported.items()}, {norm(k): v for k, v in state.items()}
+    a, b = canonical(exported), canonical(state)
     if sorted(a) == sorted(b):
         assert_arrays_equal(a, b, what)
         return
@@ -261,7 +270,8 @@ def test_nan_stops_before_the_update(workspace, fault):
                         "adapter weights after the stop vs after step k-1")
     run = ws.run_dir()
     assert newest_valid(run) == k - 1
-    assert_arrays_equal(checkpoint_adapter(checkpoints(run)[k - 1]), before, "the last good checkpoint")
+    assert_arrays_equal(canonical(checkpoint_adapter(checkpoints(run)[k - 1])), canonical(before),
+                        "the last good checkpoint")
     assert json.loads((run / "summary.json").read_text())["status"] == "diverged"
 
 

@@ -67,7 +67,9 @@ def _compare_golden(actual: dict[str, str], golden_root: Path) -> None:
 
 def test_quickstart_matches_its_golden_copy(in_repo):
     files = render(Path("specs/quickstart.yaml"))
-    assert sorted(files) == ["main/config.json", "main/schedule.csv", "main/train.sbatch", "plan.md"]
+    # the quickstart has a control run (the base model, scored on the same task): its own config and job
+    assert sorted(files) == ["control_tiny/config.json", "control_tiny/train.sbatch", "main/config.json",
+                             "main/schedule.csv", "main/train.sbatch", "plan.md"]
     _compare_golden(files, GOLDEN / "quickstart")
     if not UPDATE:
         assert {p.relative_to(GOLDEN / "quickstart").as_posix() for p in (GOLDEN / "quickstart").rglob("*")

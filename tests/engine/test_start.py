@@ -149,3 +149,27 @@ def test_a_second_trainer_on_the_same_run_directory_is_refused(tmp_path):
     lock = RunLock(run).acquire()
     lock.release()
     assert not run.exists()                 # the lock sits beside the run directory, so --resume never can move it
+
+
+def test_a_backend_neutral_checkpoint_of_another_backend_resumes_with_a_note(tmp_path):
+    run = tmp_path / "main"
+    ck = write_checkpoint(run / "checkpoints", 10, {"adapter/w": np.ones(3, np.float32)},
+                          {"step": 10, "backend": "torch", "layout": "canonical/1"}, keep_last=5)
+    s = decide(run, backend="mlx")
+    assert (s.kind, s.checkpoint) == (RESUME, ck)
+    assert any("written by the torch backend" in w and "RNG state cannot travel" in w for w in s.warnings), s.warnings
+    assert decide(run, backend="mlx", extend=20).kind == EXTEND
+
+
+def test_init_from_takes_an_adapter_directory(tmp_path):
+    from backends.layout import write_mlx, write_peft
+
+    weights = {"model.layers.0.self_attn.q_proj.lora_A.weight": np.ones((2, 4), np.float32),
+               "model.layers.0.self_attn.q_proj.lora_B.weight": np.zeros((4, 2), np.float32)}
+    for fmt, write in (("peft", write_peft), ("mlx", write_mlx)):
+        write(tmp_path / fmt, weights, alpha=4, dropout=0, base_model="b", n_blocks=1)
+        s = decide(tmp_path / "main", init_from=tmp_path / fmt)
+        assert (s.kind, s.init_from) == (INIT_FROM, tmp_path / fmt)
+    with pytest.raises(UserError, match="no valid checkpoint found") as err:
+        decide(tmp_path / "main", init_from=tmp_path)
+    assert "adapter_model.safetensors" in err.value.hint

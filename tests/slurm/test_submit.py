@@ -236,13 +236,17 @@ def test_a_sweep_with_a_test_stage_submits_the_test_array_first(project, tmp_pat
     path = spec(tmp_path, project["files"], "drysweep", steps=8, test_steps=4,
                 sweep={"matrix": {"model.lora.rank": [2, 4]}, "name": "r{model.lora.rank}", "control": True})
     out = specc("submit", str(path), "--dry-run", cwd=tmp_path, check=True).stdout
-    assert "test 2-task array → local/debug" in out and "full 3-task array → local/main" in out
+    # Issue 14: the control run is an eval-only job of its own (control_array.sbatch), not a task of the training array.
+    assert "test 2-task array → local/debug" in out and "full 2-task array → local/main" in out
+    assert "full 1-task array control_array → local/main" in out
+    assert "sbatch --parsable --partition=main generated/drysweep/control_array.sbatch" in out   # waits for no test
     assert "sbatch --parsable --partition=debug generated/drysweep/test_array.sbatch" in out
     assert ("sbatch --parsable '--dependency=aftercorr:<test job id>' --kill-on-invalid-dep=yes --partition=main "
             "generated/drysweep/array.sbatch") in out
     script = (tmp_path / "generated/drysweep/array.sbatch").read_text()
     assert '"${SPECC}" gate "${CONFIG}" || exit 1' in script      # every task checks its own test stage
-    assert script.index("r4/config.json") < script.index("control_tiny/config.json")   # tested runs first
+    assert "r4/config.json" in script and "control_tiny/config.json" not in script
+    assert "control_tiny/config.json" in (tmp_path / "generated/drysweep/control_array.sbatch").read_text()
 
 
 def blocked_by_test(root: Path, experiment: str) -> tuple[dict, dict, str]:

@@ -1,0 +1,47 @@
+"""The mean of per-example scores and its 95% interval, so a difference smaller than the noise is not a verdict."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+Z95 = 1.959964
+
+
+@dataclass(frozen=True)
+class Estimate:
+    mean: float | None
+    low: float | None
+    high: float | None
+    n: int
+    method: str         # "wilson" (scores are 0/1) or "normal" (continuous scores)
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "ci95": [self.low, self.high], "n": self.n, "ci_method": self.method}
+
+
+def mean_ci(scores: list[float]) -> Estimate:
+    """Wilson's interval when every score is 0 or 1 (exact match and the like), else mean ± 1.96 standard errors."""
+    n = len(scores)
+    if n == 0:
+        return Estimate(None, None, None, 0, "none")
+    mean = sum(scores) / n
+    if all(s in (0.0, 1.0) for s in scores):
+        denom = 1 + Z95 ** 2 / n
+        centre = (mean + Z95 ** 2 / (2 * n)) / denom
+        half = Z95 * math.sqrt(mean * (1 - mean) / n + Z95 ** 2 / (4 * n * n)) / denom
+        # The interval always holds the observed mean (rounding could push an end past it at 0 or 1).
+        return Estimate(mean, min(mean, max(0.0, centre - half)), max(mean, min(1.0, centre + half)), n, "wilson")
+    var = sum((s - mean) ** 2 for s in scores) / (n - 1) if n > 1 else 0.0
+    half = Z95 * math.sqrt(var / n)
+    return Estimate(mean, mean - half, mean + half, n, "normal")
+
+
+def difference_ci(a: Estimate, b: Estimate) -> tuple[float, float, float] | None:
+    """(a - b, low, high): the difference of two independent means with a 95% interval (normal approximation)."""
+    if a.mean is None or b.mean is None or not a.n or not b.n:
+        return None
+    half_a = (a.high - a.low) / 2 if a.high is not None and a.low is not None else 0.0
+    half_b = (b.high - b.low) / 2 if b.high is not None and b.low is not None else 0.0
+    half = math.sqrt(half_a ** 2 + half_b ** 2)
+    d = a.mean - b.mean
+    return d, d - half, d + half
