@@ -260,13 +260,13 @@ class MLXBackend:
     def to_canonical(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         for k, v in entries(state, "adapter").items():
-            out[f"adapter/{canonical_name(k)}"] = v.T          # mlx-lm's [in, r] / [r, out] -> PEFT's
+            out[f"adapter/{canonical_name(k)}"] = np.ascontiguousarray(v.T)   # mlx-lm's [in, r] / [r, out] -> PEFT's
         for k, v in entries(state, "optim").items():
             if k == "step":
                 out["optim/step"] = np.asarray(v, dtype=np.int64)
             elif k.endswith((".m", ".v")):
                 moment = "exp_avg" if k.endswith(".m") else "exp_avg_sq"
-                out[f"optim/{canonical_name(k[:-2])}/{moment}"] = v.T
+                out[f"optim/{canonical_name(k[:-2])}/{moment}"] = np.ascontiguousarray(v.T)
             elif k != "learning_rate":   # the engine sets the lr before every update
                 raise RuntimeError(f"unexpected mlx optimizer state entry {k!r}")
         out.update({k: v for k, v in state.items() if k.startswith("rng/mlx_")})

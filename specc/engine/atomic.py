@@ -10,7 +10,7 @@ ones are removed. The SIGKILL tests prove crash-consistency at the process level
 it to power loss.
 
 Every filesystem write goes through the module-level seams (`_mkdir`, `_write_bytes`,
-`_save_safetensors`, `_fsync`, `_rename`) so tests can inject faults.
+`save_arrays`, `_fsync`, `_rename`) so tests can inject faults.
 """
 from __future__ import annotations
 
@@ -57,12 +57,14 @@ def _write_bytes(path: Path, data: bytes) -> None:
         _fsync(f.fileno())
 
 
-def _save_safetensors(arrays: dict[str, np.ndarray], path: Path) -> None:
+def save_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """safetensors' save_file, made safe: it writes an array's memory buffer as is, so a transposed view
+    (mlx's canonical layout is `v.T`) came back scrambled with no error; every array is made C-contiguous."""
     from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
     try:
-        save_file(arrays, str(path))
+        save_file({k: v if v.flags.c_contiguous else np.ascontiguousarray(v) for k, v in arrays.items()}, str(path))
     except SafetensorError as e:  # I/O failures arrive as "... (os error 28)"; give them an errno back
         m = re.search(r"os error (\d+)", str(e))
         if m:

@@ -189,7 +189,7 @@ def write_checkpoint(
 
     def fill(tmp: Path, doing: list[str]) -> None:
         doing[0] = f"writing {STATE_FILE}"
-        atomic._save_safetensors(prepared, tmp / STATE_FILE)
+        atomic.save_arrays(prepared, tmp / STATE_FILE)
         doing[0] = f"writing {TRAINER_STATE_FILE}"
         atomic._write_bytes(tmp / TRAINER_STATE_FILE, state_json)
         if write_extra is not None:

@@ -73,12 +73,11 @@ class Session:
             note.update(score)
         (path / NOTE).write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
         if with_state:
-            from safetensors.numpy import save_file
-
+            from specc.engine.atomic import save_arrays
             from specc.engine.tasks import ADAPTER_STATE
 
             arrays, _ = travel.to_checkpoint(self.backend, self.backend.state())
-            save_file({k: v for k, v in arrays.items() if k.startswith("adapter/")}, str(path / ADAPTER_STATE))
+            save_arrays({k: v for k, v in arrays.items() if k.startswith("adapter/")}, path / ADAPTER_STATE)
 
     def publish_best(self, val_loss: float | None = None, score: dict | None = None) -> None:
         """best/: the adapter of the best step so far (never at step 0: that is the base model)."""

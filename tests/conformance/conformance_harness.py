@@ -364,14 +364,25 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
     return dict(load_file(str(path)))
 
 
+SPECC_STATE = "adapter_state.safetensors"   # specc's own canonical copy beside the ecosystem's file in best/, adapter/
+
+
 def adapter_arrays(directory: Path) -> dict[str, np.ndarray]:
-    """Every tensor of an exported adapter directory (PEFT's adapter_model.safetensors, mlx-lm's adapters.safetensors, ...)."""
-    files = sorted(directory.glob("*.safetensors"))
+    """Every tensor of an exported adapter directory in its ecosystem's files (PEFT's adapter_model.safetensors,
+    mlx-lm's adapters.safetensors, ...); specc's canonical copy is read by specc_state()."""
+    files = sorted(f for f in directory.glob("*.safetensors") if f.name != SPECC_STATE)
     assert files, f"no *.safetensors in {directory}: {sorted(p.name for p in directory.iterdir())}"
     out = {}
     for f in files:
         out.update({f"{f.name}:{k}": v for k, v in load_arrays(f).items()})
     return out
+
+
+def specc_state(directory: Path) -> dict[str, np.ndarray]:
+    """specc's canonical copy of a published adapter (what scoring and `specc eval` load back)."""
+    path = directory / SPECC_STATE
+    assert path.is_file(), f"{directory}: no {SPECC_STATE}"
+    return load_arrays(path)
 
 
 def checkpoints(run_dir: Path) -> dict[int, Path]:
@@ -404,6 +415,7 @@ def assert_same_training(run_dir: Path, ref_dir: Path) -> None:
                         f"checkpoint step {last} (adapter, optimizer and RNG state)")
     for published in ("adapter", "best"):
         assert_arrays_equal(adapter_arrays(run_dir / published), adapter_arrays(ref_dir / published), f"{published}/")
+        assert_arrays_equal(specc_state(run_dir / published), specc_state(ref_dir / published), f"{published}/ (specc's copy)")
     s, r = (json.loads((d / "summary.json").read_text()) for d in (run_dir, ref_dir))
     for key in ("status", "steps", "tokens", "best_val_loss", "best_step", "final_loss", "last_loss"):
         assert s[key] == r[key], f"summary {key}: {s[key]!r} vs uninterrupted {r[key]!r}"

@@ -33,6 +33,7 @@ from conformance_harness import (
     deterministic,
     load_arrays,
     read_metrics,
+    specc_state,
     step_lines,
     val_lines,
 )
@@ -125,6 +126,7 @@ def test_run_completes_with_documented_layout(reference):
         note = json.loads((run / published / "specc_adapter.json").read_text())
         assert note["step"] == step
         assert_same_adapter(adapter_arrays(run / published), checkpoint_adapter(kept[step]), f"{published}/")
+        assert_same_adapter(specc_state(run / published), checkpoint_adapter(kept[step]), f"{published}/ (specc's copy)")
     assert json.loads((run / "config.json").read_text())["kind"] == "train"
 
 

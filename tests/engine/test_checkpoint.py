@@ -115,6 +115,17 @@ def test_roundtrip_bit_exact(tmp_path):
     assert loaded["adapter/w"].flags.writeable
 
 
+def test_save_arrays_writes_views_in_their_logical_order(tmp_path):
+    """safetensors' own save_file writes a transposed view's buffer as is (scrambled, no error):
+    every adapter file specc writes goes through save_arrays, which does not."""
+    from safetensors.numpy import load_file
+
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    atomic.save_arrays({"t": a.T, "s": a[:, ::2]}, tmp_path / "x.safetensors")
+    back = load_file(str(tmp_path / "x.safetensors"))
+    assert np.array_equal(back["t"], a.T) and np.array_equal(back["s"], a[:, ::2])
+
+
 def test_layout_and_manifest(tmp_path):
     def extra(ckpt_dir: Path) -> None:
         assert sorted(os.listdir(ckpt_dir)) == ["state.safetensors", "trainer_state.json"]
@@ -389,7 +400,7 @@ def _fail_on_call(n: int, err: int, real):
 
 
 FAULTS = {
-    "ENOSPC writing state": ("_save_safetensors", lambda: _enospc_in_safetensors, "ENOSPC", "state.safetensors"),
+    "ENOSPC writing state": ("save_arrays", lambda: _enospc_in_safetensors, "ENOSPC", "state.safetensors"),
     "ENOSPC writing json": ("_write_bytes", lambda: _enospc_in_json, "ENOSPC", "trainer_state.json"),
     "EIO on first fsync": ("_fsync", lambda: _fail_on_call(1, errno.EIO, atomic._fsync), "EIO", "trainer_state.json"),
     "EIO on fsync of a tree file": ("_fsync", lambda: _fail_on_call(2, errno.EIO, atomic._fsync), "EIO", "syncing adapter/w.bin"),
