@@ -5,10 +5,8 @@ LoRA adapters with peft, runs forward/backward on batches the engine built, appl
 its trainable state to and from numpy. LoRA is peft's and quantization is bitsandbytes'; nothing
 here re-implements either.
 
-Choices worth knowing (loading, QLoRA, compile and Liger: backends/torch_load.py; packed attention
-without a dense mask: backends/torch_packed.py; the dense mask and trimmed padding:
-backends/torch_attention.py; the chunked loss: backends/torch_loss.py; the NF4 layout guard:
-backends/torch_nf4.py; NVML figures: backends/torch_gpu.py):
+Beside it: torch_load (loading, QLoRA, compile, Liger, AdamW), torch_packed (packed attention without a dense
+mask), torch_attention (the dense mask, trimmed padding), torch_loss, torch_nf4 (the layout guard), torch_gpu (NVML).
 
 * Loss. The decoder runs once; the LM head and a float32 cross-entropy run only on hidden states
   at target positions (loss_mask[:, 1:] != 0), not on the full [B, T, vocab] logits, and in chunks
@@ -33,14 +31,11 @@ from backends.protocol import (Batch, GenerationSettings, LoraSettings, MemorySt
                                StepResult)
 from backends.torch_attention import AttentionInputs, trim
 from backends.torch_gpu import GpuMonitor
-from backends.torch_load import apply_liger, compile_layers, enable_checkpointing, load_base, with_lora
-from backends.torch_loss import HeadLoss
+from backends.torch_load import (adamw, apply_liger, compile_layers, enable_checkpointing, load_base, logical_params,
+                                 with_lora)
+from backends.torch_loss import HeadLoss, has_plain_head
 from backends.torch_packed import AttentionMode, flatten
 
-# Model types whose logits are exactly lm_head(final hidden state): the gathered-head path is exact.
-PLAIN_HEAD_MODEL_TYPES = frozenset({
-    "llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3", "olmo", "olmo2", "starcoder2", "gemma",
-})
 OPTIM_ENTRIES = ("exp_avg", "exp_avg_sq", "step")
 
 
@@ -86,19 +81,10 @@ class TorchBackend:
 
         self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.trainable]
-        # The fused kernel (CPU and CUDA) is several times faster than the per-tensor loop for the
-        # hundreds of small LoRA tensors of a real model, and like it, each update depends only on
-        # (param, grad, state): resuming from state() stays bit-exact (tested).
-        self._fused = all(p.dtype in (torch.float32, torch.bfloat16, torch.float16) for p in self.params)
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=0.0, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay,
-            **({"fused": True} if self._fused else {"foreach": False})) if self.params else None
+        self.optimizer, self._fused = adamw(torch, self.params, optim)
 
         hf = self._hf()
-        self._plain_head = (getattr(hf.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES
-                            and not any(getattr(hf.config, a, None) not in (None, 1, 1.0) for a in
-                                        ("final_logit_softcapping", "logit_scale", "logits_scaling"))
-                            and hasattr(hf, "get_decoder") and hf.get_output_embeddings() is not None)
+        self._plain_head = has_plain_head(hf)
         self._decoder = hf.get_decoder() if self._plain_head else None
         self._head = hf.get_output_embeddings() if self._plain_head else None
         self._attention = AttentionInputs(torch, self.device, hf.get_input_embeddings().weight.dtype)
@@ -108,17 +94,13 @@ class TorchBackend:
         self._gpu = GpuMonitor(torch, self.device) if self.device.type == "cuda" else None
         self._autocast = bool(self.params) and self.dtype in (torch.bfloat16, torch.float16)
 
-        total = sum(p.numel() for p in self.model.parameters())
-        if quant == "nf4":
-            # Params4bit stores two 4-bit values per uint8 element: count logical weights.
-            total = sum(p.numel() * (2 if p.dtype == torch.uint8 else 1) for p in self.model.parameters())
         self._described = {
             "backend": self.name,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "quantization": quant,
             "quantization_details": bnb_details,
-            "params_total": int(total),
+            "params_total": logical_params(torch, self.model, quant),
             "params_trainable": int(sum(p.numel() for p in self.params)),
             "trainable_tensors": len(self.params),
             "attn_implementation": self.attn_implementation,

@@ -154,3 +154,21 @@ def compile_layers(torch, hf) -> int:
     for layer in layers:
         layer.compile(dynamic=True)
     return len(layers)
+
+
+def adamw(torch, params: list, optim):
+    """(torch.optim.AdamW or None without trainable parameters, whether it is the fused kernel). The fused
+    kernel (CPU and CUDA) is several times faster than the per-tensor loop for the hundreds of small LoRA
+    tensors of a real model, and like it, each update depends only on (param, grad, state): resuming from
+    state() stays bit-exact (tested)."""
+    fused = all(p.dtype in (torch.float32, torch.bfloat16, torch.float16) for p in params)
+    if not params:
+        return None, fused
+    return torch.optim.AdamW(params, lr=0.0, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay,
+                             **({"fused": True} if fused else {"foreach": False})), fused
+
+
+def logical_params(torch, model, quant: str) -> int:
+    """The model's parameter count; Params4bit stores two 4-bit values per uint8 element: count logical weights."""
+    nf4 = quant == "nf4"
+    return int(sum(p.numel() * (2 if nf4 and p.dtype == torch.uint8 else 1) for p in model.parameters()))

@@ -78,6 +78,8 @@ def load_adapter_dir(backend, path: Path) -> None:
     path = Path(path)
     if (path / ADAPTER_STATE).is_file():
         weights = canonical_adapter({k[len("adapter/"):]: v for k, v in load_file(str(path / ADAPTER_STATE)).items()})
+        if adapter_format(path):
+            _same_weights(path, weights, read_adapter_dir(path).weights)
     elif (path / "state.safetensors").is_file():
         weights = checkpoint_adapter(dict(load_file(str(path / "state.safetensors"))))
     elif adapter_format(path):
@@ -87,6 +89,19 @@ def load_adapter_dir(backend, path: Path) -> None:
                         hint=f"pass a run's best/ or adapter/ ({ADAPTER_STATE}), a checkpoints/step_N directory, or a "
                              "PEFT (adapter_config.json + adapter_model.safetensors) or mlx-lm adapter directory")
     backend.load_adapter_weights(adapter_weights(backend, weights))
+
+
+def _same_weights(path: Path, ours: dict, theirs: dict) -> None:
+    """specc's copy and the ecosystem's file of one published adapter hold the same weights: else one of them
+    is damaged (a scrambled copy would score a wrong adapter with no error)."""
+    import numpy as np
+
+    bad = sorted(k for k in ours if k not in theirs or ours[k].shape != theirs[k].shape
+                 or not np.array_equal(ours[k].astype(np.float32), theirs[k].astype(np.float32)))
+    if bad or set(theirs) - set(ours):
+        raise UserError(f"{path}: {ADAPTER_STATE} and the adapter files beside it disagree "
+                        f"({(bad or sorted(set(theirs) - set(ours)))[0]})",
+                        hint="one was damaged: score a checkpoints/step_N directory instead, or export the run again")
 
 
 def adapter_label(run_dir: Path, which: str, state) -> str:

@@ -98,3 +98,28 @@ def test_eval_scores_an_adapter_directory_written_for_another_tool(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     again = json.loads((run / "eval" / "capitalize.json").read_text())
     assert again["adapter"] == str(tmp_path / "peft") and again["mean"] == best["mean"]
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_a_damaged_adapter_copy_is_refused_not_scored(tmp_path, backend):
+    """best/ holds the ecosystem's adapter file and specc's canonical copy; `specc eval` checks they agree
+    (an mlx copy once came out scrambled: a wrong adapter scored with no error)."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    if backend == "mlx":
+        pytest.importorskip("mlx.core")
+    spec = _quickstart(tmp_path, steps=20)
+    r = specc("run", str(spec), "--backend", backend, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "runs" / "quickstart" / "main"
+    r = specc("eval", str(run), "--backend", backend, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    copy = run / "best" / "adapter_state.safetensors"
+    arrays = load_file(str(copy))
+    key = sorted(arrays)[0]
+    arrays[key] = np.ascontiguousarray(arrays[key][::-1])      # same shape, other values
+    save_file(arrays, str(copy))
+    r = specc("eval", str(run), "--backend", backend, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "adapter_state.safetensors and the adapter files beside it disagree" in r.stderr

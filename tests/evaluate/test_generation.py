@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -58,7 +59,7 @@ def test_generation_changes_nothing_training_sees(builtin):
     assert all(torch.equal(weights[n], p) for n, p in be.trainable)
 
 
-def _quickstart(tmp_path, steps=40, **evaluation) -> "Path":
+def _quickstart(tmp_path, steps=40, **evaluation) -> Path:
     text = (REPO / "specs" / "quickstart.yaml").read_text().replace("max_steps: 200", f"max_steps: {steps}")
     text = text.replace("eval_every: 25", "eval_every: 10").replace("checkpoint_every: 50", "checkpoint_every: 20")
     text = text.replace("warmup_steps: 100", "warmup_steps: 5")

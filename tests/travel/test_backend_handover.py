@@ -42,7 +42,7 @@ def test_resume_on_the_other_backend_continues_the_run(scenarios, first, then):
 
     log = moved.logs[1]
     assert f"written by the {first} backend" in log and "RNG state cannot travel between backends" in log
-    assert f"checked the loaded adapter: probe loss" in log and f"measured by {first} when it was saved" in log
+    assert "checked the loaded adapter: probe loss" in log and f"measured by {first} when it was saved" in log
     s = moved.summary()
     assert s["status"] == "completed" and s["steps"] == STEPS and s["restarts"] == 1 and s["backend"] == then
     assert [(h["kind"], h["backend"], h.get("from_backend")) for h in s["history"]] == \
