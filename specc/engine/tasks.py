@@ -168,9 +168,10 @@ def score_after_training(s) -> dict:
 
 def score_lines(entries: dict | None) -> dict:
     """summary.json's "eval" entries as flat metrics: {"eval.<task>.<metric>": mean} (for metrics.jsonl, trackers)."""
+    from specc.evaluate.stats import entry_metrics
+
     out = {}
     for task, entry in (entries or {}).items():
-        for metric, value in entry.items():
-            if metric not in ("ci95", "n", "skipped", "scorer_errors", "adapter") and isinstance(value, (int, float)):
-                out[f"eval.{task}.{metric}"] = value
+        for metric, value in entry_metrics(entry).items():
+            out[f"eval.{task}.{metric}"] = value
     return out

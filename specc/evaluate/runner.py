@@ -46,8 +46,9 @@ class TaskResult:
 
     def summary_entry(self) -> dict:
         """What summary.json carries under eval.<task>: the metric by name (what expectations read) and its CI."""
-        return {self.metric: self.estimate.mean, "ci95": [self.estimate.low, self.estimate.high], "n": self.estimate.n,
-                "skipped": len(self.skipped), "scorer_errors": len(self.errors), "adapter": self.adapter}
+        return {self.metric: self.estimate.mean, "ci95": [self.estimate.low, self.estimate.high],
+                "ci_method": self.estimate.method, "n": self.estimate.n, "skipped": len(self.skipped),
+                "scorer_errors": len(self.errors), "adapter": self.adapter}
 
 
 def generation_settings(task, tokenizer, batch_size: int) -> GenerationSettings:

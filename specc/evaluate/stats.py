@@ -36,12 +36,31 @@ def mean_ci(scores: list[float]) -> Estimate:
     return Estimate(mean, mean - half, mean + half, n, "normal")
 
 
+# summary.json's eval.<task> entry: the metric by name beside these fields (runner.TaskResult.summary_entry).
+ENTRY_FIELDS = ("ci95", "ci_method", "n", "skipped", "scorer_errors", "adapter")
+
+
+def entry_metrics(entry: dict) -> dict[str, float]:
+    """The metric values of one eval.<task> entry of summary.json: {metric: mean}."""
+    return {k: v for k, v in entry.items()
+            if k not in ENTRY_FIELDS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def difference_ci(a: Estimate, b: Estimate) -> tuple[float, float, float] | None:
     """(a - b, low, high): the difference of two independent means with a 95% interval (normal approximation)."""
     if a.mean is None or b.mean is None or not a.n or not b.n:
         return None
-    half_a = (a.high - a.low) / 2 if a.high is not None and a.low is not None else 0.0
-    half_b = (b.high - b.low) / 2 if b.high is not None and b.low is not None else 0.0
-    half = math.sqrt(half_a ** 2 + half_b ** 2)
-    d = a.mean - b.mean
-    return d, d - half, d + half
+    ends = (lambda e: (e.low, e.high) if e.low is not None and e.high is not None else (e.mean, e.mean))
+    low, high = difference_interval(ends(a), ends(b), a.mean, b.mean,
+                                    proportions=a.method == b.method == "wilson")
+    return a.mean - b.mean, low, high
+
+
+def difference_interval(a: tuple[float, float], b: tuple[float, float], mean_a: float, mean_b: float,
+                        proportions: bool = False) -> tuple[float, float]:
+    """The 95% interval of mean_a − mean_b from the two means' intervals (their half-widths add in quadrature).
+    Two proportions (0/1 scores) differ by at most 1: the interval is kept inside [-1, 1]."""
+    half = math.sqrt(((a[1] - a[0]) / 2) ** 2 + ((b[1] - b[0]) / 2) ** 2)
+    d = mean_a - mean_b
+    low, high = d - half, d + half
+    return (max(-1.0, low), min(1.0, high)) if proportions else (low, high)

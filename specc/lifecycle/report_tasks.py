@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from specc.evaluate.stats import ENTRY_FIELDS
 from specc.lifecycle.rundata import RunData
 
 WRONG_SHOWN = 3
@@ -15,7 +16,7 @@ def task_metrics(runs: list[RunData]) -> list[tuple[str, str]]:
     seen: dict[tuple[str, str], None] = {}
     for run in runs:
         for task, entry in ((run.summary or {}).get("eval") or {}).items():
-            metric = next((k for k in entry if k not in ("ci95", "n", "skipped", "scorer_errors", "adapter")), None)
+            metric = next((k for k in entry if k not in ENTRY_FIELDS), None)
             if metric:
                 seen[(task, metric)] = None
     return list(seen)

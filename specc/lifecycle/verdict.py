@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from specc.evaluate.stats import difference_interval
 from specc.rundir import FINISHED
 
 CONFIRMED, REJECTED, INCONCLUSIVE = "CONFIRMED", "REJECTED", "INCONCLUSIVE"
@@ -161,7 +162,7 @@ def judge(expected: dict, summary: dict | None, records: list[dict] | None = Non
         if base is None:
             return Verdict(**e, verdict=INCONCLUSIVE, measured=measured, reason=f"the control run has no {e['metric']!r}")
         value = measured - base
-        interval = _difference_interval(interval, metric_interval(control_summary, e["metric"]), measured, base)
+        interval = _control_interval(summary, control_summary, e["metric"], measured, base)
     elif e["vs_baseline"]:
         if baseline_summary is None:
             return Verdict(**e, verdict=INCONCLUSIVE, measured=measured,
@@ -192,12 +193,17 @@ def judge(expected: dict, summary: dict | None, records: list[dict] | None = Non
                    interval=interval, reason=f"{what}{ci} {'meets' if ok else 'misses'} {bound}")
 
 
-def _difference_interval(a, b, mean_a: float, mean_b: float) -> tuple[float, float] | None:
+def _control_interval(summary: dict, control: dict, metric: str, mean_a: float, mean_b: float):
+    """The interval of run − control for a task metric (None without both intervals)."""
+    a, b = metric_interval(summary, metric), metric_interval(control, metric)
     if a is None or b is None:
         return None
-    half = math.sqrt(((a[1] - a[0]) / 2) ** 2 + ((b[1] - b[0]) / 2) ** 2)
-    d = mean_a - mean_b
-    return d - half, d + half
+    methods = {_ci_method(summary, metric), _ci_method(control, metric)}
+    return difference_interval(a, b, mean_a, mean_b, proportions=methods == {"wilson"})
+
+
+def _ci_method(summary: dict, metric: str) -> str | None:
+    return ((summary.get("eval") or {}).get(metric.split(".")[1]) or {}).get("ci_method")
 
 
 def _undecided(interval: tuple[float, float], comparator: str, target: float, tol: float) -> bool:

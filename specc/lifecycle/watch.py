@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from specc.errors import UserError
+from specc.evaluate.stats import entry_metrics
 from specc.fmt import fmt_duration
 from specc.lifecycle.liveness import (
     current_attempt,
@@ -165,9 +166,8 @@ def latest_task_scores(records: list[dict], final: dict | None) -> dict:
             if key.startswith("eval.") and isinstance(value, (int, float)):
                 scores[key] = (r.get("step"), float(value))
     for task, entry in ((final or {}).get("eval") or {}).items():
-        for metric, value in entry.items():
-            if metric not in ("ci95", "n", "skipped", "scorer_errors", "adapter") and isinstance(value, (int, float)):
-                scores[f"eval.{task}.{metric}"] = (None, float(value))
+        for metric, value in entry_metrics(entry).items():
+            scores[f"eval.{task}.{metric}"] = (None, float(value))
     return scores
 
 

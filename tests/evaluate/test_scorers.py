@@ -77,3 +77,13 @@ def test_normal_interval_and_difference():
     assert e.high - e.mean == pytest.approx(half)
     d, lo, hi = difference_ci(mean_ci([1.0] * 9 + [0.0]), mean_ci([0.0] * 9 + [1.0]))
     assert d == pytest.approx(0.8) and lo < 0.8 < hi
+
+
+def test_a_difference_of_proportions_stays_inside_minus_one_to_one():
+    """200/200 against 0/200: the difference is 1 and its interval may not claim more than 1."""
+    d, lo, hi = difference_ci(mean_ci([1.0] * 200), mean_ci([0.0] * 200))
+    assert d == 1.0 and 0.9 < lo < 1.0 and hi == 1.0
+    d, lo, hi = difference_ci(mean_ci([0.0] * 200), mean_ci([1.0] * 200))
+    assert d == -1.0 and lo == -1.0 and -1.0 < hi < -0.9
+    d, lo, hi = difference_ci(mean_ci([1.2, 1.4, 1.0]), mean_ci([0.0, 0.1, 0.0]))   # not proportions: not clipped
+    assert hi > d > 1.0

@@ -4,9 +4,9 @@ from __future__ import annotations
 from specc.lifecycle.verdict import CONFIRMED, INCONCLUSIVE, REJECTED, judge
 
 
-def summary(mean: float, low: float, high: float, kind: str = "train") -> dict:
+def summary(mean: float, low: float, high: float, kind: str = "train", method: str = "wilson") -> dict:
     return {"status": "completed", "kind": kind, "steps": 100, "total_steps": 100, "best_step": 100,
-            "eval": {"cap": {"exact_match": mean, "ci95": [low, high], "n": 200}}}
+            "eval": {"cap": {"exact_match": mean, "ci95": [low, high], "n": 200, "ci_method": method}}}
 
 
 GAIN = {"metric": "eval.cap.exact_match", "comparator": ">=", "target": 0.3, "vs_control": True}
@@ -35,3 +35,11 @@ def test_a_plain_task_metric_uses_its_own_interval():
     assert judge(e, summary(0.7, 0.62, 0.77)).verdict == CONFIRMED
     assert judge(e, summary(0.55, 0.45, 0.64)).verdict == INCONCLUSIVE
     assert judge(e, summary(0.3, 0.24, 0.37)).verdict == REJECTED
+
+
+def test_all_right_against_all_wrong_claims_no_more_than_a_difference_of_one():
+    """The quickstart's case: 200/200 vs 0/200; the interval of a difference of proportions ends at 1."""
+    v = judge(GAIN, summary(1.0, 0.981, 1.0), control_summary=summary(0.0, 0.0, 0.019, "control"))
+    assert v.verdict == CONFIRMED and v.interval[1] == 1.0 and 0.97 < v.interval[0] < 1.0
+    v = judge(GAIN, summary(1.0, 0.981, 1.0, method="normal"), control_summary=summary(0.0, 0.0, 0.019, "control"))
+    assert v.interval[1] > 1.0      # a continuous metric is not bounded by the rule
