@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from specc.errors import UserError
@@ -36,6 +35,7 @@ from specc.lifecycle.liveness import (
     step_lines,
 )
 from specc.lifecycle.watch_flags import (
+    Snapshot,
     CONTINUE,
     DONE,
     INVESTIGATE,
@@ -52,45 +52,6 @@ __all__ = ["CONTINUE", "DONE", "EXIT_CODES", "EXIT_INVESTIGATE", "EXIT_STOP", "I
 
 EXIT_STOP, EXIT_INVESTIGATE = 1, 3
 EXIT_CODES = {CONTINUE: 0, DONE: 0, STOP: EXIT_STOP, INVESTIGATE: EXIT_INVESTIGATE}
-
-
-@dataclass
-class Snapshot:
-    run_dir: Path
-    name: str
-    ended: bool
-    status: str
-    step: int
-    total_steps: int | None
-    elapsed_s: float | None
-    heartbeat_age_s: float | None
-    eta_s: float | None
-    limit_s: float | None
-    loss_avg: float | None
-    val_loss: float | None
-    best_val_loss: float | None
-    tokens_per_s: float | None
-    mem_mb: float | None
-    flags: list[Flag] = field(default_factory=list)
-    log: Path | None = None
-    task_scores: dict = field(default_factory=dict)   # eval.<task>.<metric> → (step, score): the latest in training
-    alive: bool | None = None            # the process checked (this host): True / False; None: not checkable
-    stale_after_s: float | None = None   # no heartbeat for this long: presumed dead
-    gpu_util: float | None = None        # median NVML utilization of the recent steps (CUDA runs), percent
-
-    @property
-    def advice(self) -> str:
-        kinds = {f.advice for f in self.flags}
-        if STOP in kinds:
-            return STOP
-        if INVESTIGATE in kinds:
-            return INVESTIGATE
-        return DONE if self.ended else CONTINUE
-
-    @property
-    def gone(self) -> bool:
-        """Its process is known to be dead: it will not end by itself."""
-        return not self.ended and self.alive is False
 
 
 def exit_code(snaps: list[Snapshot]) -> int:

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from specc.fmt import fmt_duration
 from specc.lifecycle.liveness import HEARTBEAT_MIN_S
 from specc.rundir import FINISHED, TEST_SUFFIX, RunDir
 
-if TYPE_CHECKING:
-    from specc.lifecycle.watch import Snapshot
 
 CONTINUE, INVESTIGATE, STOP, DONE = "continue", "investigate", "stop", "done"     # the advice
 OOM_PATTERNS = re.compile(r"CUDA out of memory|OutOfMemoryError|out of memory|MemoryError|oom-kill|OOM Killed|"
@@ -41,6 +38,45 @@ class Flag:
     kind: str
     advice: str          # continue | investigate | stop
     message: str
+
+
+@dataclass
+class Snapshot:
+    run_dir: Path
+    name: str
+    ended: bool
+    status: str
+    step: int
+    total_steps: int | None
+    elapsed_s: float | None
+    heartbeat_age_s: float | None
+    eta_s: float | None
+    limit_s: float | None
+    loss_avg: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+    tokens_per_s: float | None
+    mem_mb: float | None
+    flags: list[Flag] = field(default_factory=list)
+    log: Path | None = None
+    task_scores: dict = field(default_factory=dict)   # eval.<task>.<metric> → (step, score): the latest in training
+    alive: bool | None = None            # the process checked (this host): True / False; None: not checkable
+    stale_after_s: float | None = None   # no heartbeat for this long: presumed dead
+    gpu_util: float | None = None        # median NVML utilization of the recent steps (CUDA runs), percent
+
+    @property
+    def advice(self) -> str:
+        kinds = {f.advice for f in self.flags}
+        if STOP in kinds:
+            return STOP
+        if INVESTIGATE in kinds:
+            return INVESTIGATE
+        return DONE if self.ended else CONTINUE
+
+    @property
+    def gone(self) -> bool:
+        """Its process is known to be dead: it will not end by itself."""
+        return not self.ended and self.alive is False
 
 
 def find_log(run_dir: Path, index: int | None = None) -> Path | None:
