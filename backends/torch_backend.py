@@ -33,7 +33,7 @@ from backends.torch_attention import AttentionInputs, trim
 from backends.torch_gpu import GpuMonitor
 from backends.torch_load import (adamw, apply_liger, compile_layers, enable_checkpointing, load_base, logical_params,
                                  with_lora)
-from backends.torch_loss import HeadLoss, has_plain_head
+from backends.torch_loss import HeadLoss, gathered_head_is_exact
 from backends.torch_packed import AttentionMode, flatten
 
 OPTIM_ENTRIES = ("exp_avg", "exp_avg_sq", "step")
@@ -84,7 +84,7 @@ class TorchBackend:
         self.optimizer, self._fused = adamw(torch, self.params, optim)
 
         hf = self._hf()
-        self._plain_head = has_plain_head(hf)
+        self._plain_head = gathered_head_is_exact(hf)
         self._decoder = hf.get_decoder() if self._plain_head else None
         self._head = hf.get_output_embeddings() if self._plain_head else None
         self._attention = AttentionInputs(torch, self.device, hf.get_input_embeddings().weight.dtype)

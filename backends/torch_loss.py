@@ -17,6 +17,20 @@ tests/backends/test_torch_packed.py holds each to the plain, unchunked loss and 
 from __future__ import annotations
 
 
+PLAIN_HEAD_MODEL_TYPES = frozenset({
+    "llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3", "olmo", "olmo2", "starcoder2", "gemma",
+})
+
+
+def gathered_head_is_exact(hf) -> bool:
+    """Whether the loss may run the LM head on target positions only: the logits are exactly
+    lm_head(final hidden state), with no soft-capping or logit scaling (else the full forward runs)."""
+    return (getattr(hf.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES
+            and not any(getattr(hf.config, a, None) not in (None, 1, 1.0) for a in
+                        ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+            and hasattr(hf, "get_decoder") and hf.get_output_embeddings() is not None)
+
+
 def plain_head(torch, head) -> bool:
     """A dense, frozen nn.Linear (not a bitsandbytes or LoRA layer): the fused chunked path applies."""
     w = getattr(head, "weight", None)
@@ -106,17 +120,3 @@ class HeadLoss:
 
     def _chunk(self, h, targets, weights):
         return _chunk_loss(self._torch, self.head(h), targets, weights)[0]
-
-
-# Model types whose logits are exactly lm_head(final hidden state): the gathered-head path is exact.
-PLAIN_HEAD_MODEL_TYPES = frozenset({
-    "llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3", "olmo", "olmo2", "starcoder2", "gemma",
-})
-
-
-def has_plain_head(hf) -> bool:
-    """Whether the loss may run the LM head on target positions only (no soft-capping or logit scaling)."""
-    return (getattr(hf.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES
-            and not any(getattr(hf.config, a, None) not in (None, 1, 1.0) for a in
-                        ("final_logit_softcapping", "logit_scale", "logits_scaling"))
-            and hasattr(hf, "get_decoder") and hf.get_output_embeddings() is not None)

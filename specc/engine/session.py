@@ -76,8 +76,8 @@ class Session:
             from specc.engine.atomic import save_arrays
             from specc.engine.tasks import ADAPTER_STATE
 
-            arrays, _ = travel.to_checkpoint(self.backend, self.backend.state())
-            save_arrays({k: v for k, v in arrays.items() if k.startswith("adapter/")}, path / ADAPTER_STATE)
+            adapter = {k: v for k, v in self.backend.state().items() if k.startswith("adapter/")}
+            save_arrays(travel.to_checkpoint(self.backend, adapter)[0], path / ADAPTER_STATE)
 
     def publish_best(self, val_loss: float | None = None, score: dict | None = None) -> None:
         """best/: the adapter of the best step so far (never at step 0: that is the base model)."""

@@ -151,29 +151,18 @@ def judge(expected: dict, summary: dict | None, records: list[dict] | None = Non
     if measured is None:
         return Verdict(**e, verdict=INCONCLUSIVE, reason=f"metric {e['metric']!r} is not in the run's summary or metrics")
     value, base, interval = measured, None, metric_interval(summary, e["metric"])
-    if e["vs_control"]:
-        if control_summary is None:
-            return Verdict(**e, verdict=INCONCLUSIVE, measured=measured,
-                           reason=f"no finished control run ({control_name or 'none in the experiment'}) to compare with")
-        why = _why_not_evaluable(control_summary, e["metric"])
+    if e["vs_control"] or e["vs_baseline"]:
+        base, why = (_reference_value(control_summary, None, e["metric"], "control", "the control run",
+                                      f"no finished control run ({control_name or 'none in the experiment'})")
+                     if e["vs_control"] else
+                     _reference_value(baseline_summary, baseline_records, e["metric"], "baseline", "the baseline",
+                                      f"no finished baseline run ({baseline_name or 'no baseline named'})"))
         if why:
-            return Verdict(**e, verdict=INCONCLUSIVE, measured=measured, reason=f"control: {why}")
-        base = metric_value(control_summary, e["metric"])
-        if base is None:
-            return Verdict(**e, verdict=INCONCLUSIVE, measured=measured, reason=f"the control run has no {e['metric']!r}")
+            return Verdict(**e, verdict=INCONCLUSIVE, measured=measured, reason=why)
+    if e["vs_control"]:
         value = measured - base
         interval = _control_interval(summary, control_summary, e["metric"], measured, base)
     elif e["vs_baseline"]:
-        if baseline_summary is None:
-            return Verdict(**e, verdict=INCONCLUSIVE, measured=measured,
-                           reason=f"no finished baseline run ({baseline_name or 'no baseline named'}) to compare with")
-        why = _why_not_evaluable(baseline_summary, e["metric"])
-        if why:
-            return Verdict(**e, verdict=INCONCLUSIVE, measured=measured, reason=f"baseline: {why}")
-        base = metric_value(baseline_summary, e["metric"], baseline_records)
-        if base is None:
-            return Verdict(**e, verdict=INCONCLUSIVE, measured=measured,
-                           reason=f"the baseline has no {e['metric']!r}")
         if base == 0:
             return Verdict(**e, verdict=INCONCLUSIVE, measured=measured, baseline=base,
                            reason="the baseline's value is 0: no ratio")
@@ -191,6 +180,17 @@ def judge(expected: dict, summary: dict | None, records: list[dict] | None = Non
     ci = f", 95% interval [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else ""
     return Verdict(**e, verdict=CONFIRMED if ok else REJECTED, value=value, measured=measured, baseline=base,
                    interval=interval, reason=f"{what}{ci} {'meets' if ok else 'misses'} {bound}")
+
+
+def _reference_value(summary: dict | None, records, metric: str, role: str, named: str, absent: str):
+    """(the control's or baseline's value, None), or (None, why the comparison cannot be made)."""
+    if summary is None:
+        return None, f"{absent} to compare with"
+    why = _why_not_evaluable(summary, metric)
+    if why:
+        return None, f"{role}: {why}"
+    value = metric_value(summary, metric, records)
+    return (value, None) if value is not None else (None, f"{named} has no {metric!r}")
 
 
 def _control_interval(summary: dict, control: dict, metric: str, mean_a: float, mean_b: float):

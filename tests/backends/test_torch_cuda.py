@@ -38,6 +38,17 @@ def relative(x, y) -> float:
     return float((x - y).norm() / y.norm().clamp_min(1e-12))
 
 
+def assert_close_to_plain(plain, other):
+    """Loss and gradients of `other` (a fused or compiled path) within bf16 tolerance of the plain path."""
+    for be in (plain, other):
+        randomise_adapters(be)
+    batch = packed_batches()[0]
+    lp, gp = grads_of(plain, batch)
+    lo, go = grads_of(other, batch)
+    assert lo == pytest.approx(lp, rel=2e-2)
+    assert all(relative(x, y) < 5e-2 for x, y in zip(go, gp))
+
+
 def test_bf16_step_on_cuda_trains_and_reports(tiny_llama_dir):
     be = cuda_backend(tiny_llama_dir)
     d = be.describe()
@@ -116,24 +127,12 @@ def test_liger_kernels_match_the_plain_path(tiny_llama_dir):
     pytest.importorskip("liger_kernel")
     plain, liger = cuda_backend(tiny_llama_dir), cuda_backend(tiny_llama_dir, liger=True)
     assert liger.describe()["liger"] and liger.describe()["loss"].startswith("Liger")
-    for be in (plain, liger):
-        randomise_adapters(be)
-    batch = packed_batches()[0]
-    lp, gp = grads_of(plain, batch)
-    ll, gl = grads_of(liger, batch)
-    assert ll == pytest.approx(lp, rel=2e-2)
-    assert all(relative(x, y) < 5e-2 for x, y in zip(gl, gp))
+    assert_close_to_plain(plain, liger)
 
 
 def test_compiled_layers_match_on_cuda(tiny_llama_dir):
     plain, compiled = cuda_backend(tiny_llama_dir), cuda_backend(tiny_llama_dir, compile=True)
-    for be in (plain, compiled):
-        randomise_adapters(be)
-    batch = packed_batches()[0]
-    lp, gp = grads_of(plain, batch)
-    lc, gc = grads_of(compiled, batch)
-    assert lc == pytest.approx(lp, rel=2e-2)
-    assert all(relative(x, y) < 5e-2 for x, y in zip(gc, gp))
+    assert_close_to_plain(plain, compiled)
 
 
 def test_nvml_gauges_reach_the_metrics(tiny_llama_dir):

@@ -62,6 +62,18 @@ def loss_and_grads(be, batch):
     return loss, n, grads(be)
 
 
+def assert_same_math(ref, other):
+    """Loss and every adapter gradient of `other` equal `ref`'s on packed batches (adapters randomised in both)."""
+    for be in (ref, other):
+        randomise_adapters(be)
+    for batch in packed_batches():
+        lr, _, gr = loss_and_grads(ref, batch)
+        lo, _, go = loss_and_grads(other, batch)
+        assert lo == pytest.approx(lr, rel=LOSS_REL)
+        for x, y in zip(gr, go):
+            torch.testing.assert_close(y, x, **GRAD)
+
+
 # ------------------------------------------------------------------ the padding-free layout
 def test_flatten_drops_padding_and_maps_targets():
     batch = make_batch([[doc(1, 3), doc(2, 4)], [doc(3, 5)]], 8)
@@ -110,14 +122,7 @@ def test_varlen_with_gradient_checkpointing_equals_dense(tiny_llama_dir):
     varlen = TorchBackend()
     varlen.setup(ModelSettings(path=tiny_llama_dir, device="cpu", attention="sdpa_varlen", gradient_checkpointing=True),
                  LoraSettings(rank=4, alpha=8.0, target_modules=TARGETS), OptimizerSettings(), 0)
-    for be in (dense, varlen):
-        randomise_adapters(be)
-    for batch in packed_batches():
-        ld, _, gd = loss_and_grads(dense, batch)
-        lv, _, gv = loss_and_grads(varlen, batch)
-        assert lv == pytest.approx(ld, rel=LOSS_REL)
-        for x, y in zip(gd, gv):
-            torch.testing.assert_close(y, x, **GRAD)
+    assert_same_math(dense, varlen)
 
 
 def test_other_calls_of_the_model_get_plain_sdpa(tiny_llama_dir):
@@ -335,14 +340,7 @@ def test_checkpointed_chunks_for_a_trainable_head_equal_the_plain_loss():
 
 def test_backend_loss_in_small_chunks_equals_one_chunk(tiny_llama_dir):
     whole, small = new_backend(tiny_llama_dir, chunk=4096), new_backend(tiny_llama_dir, chunk=16)
-    for be in (whole, small):
-        randomise_adapters(be)
-    for batch in packed_batches():
-        lw, _, gw = loss_and_grads(whole, batch)
-        ls, _, gs = loss_and_grads(small, batch)
-        assert ls == pytest.approx(lw, rel=LOSS_REL)
-        for x, y in zip(gw, gs):
-            torch.testing.assert_close(y, x, **GRAD)
+    assert_same_math(whole, small)
 
 
 def test_bf16_lora_under_autocast_matches_float32_lora_math(tiny_llama_dir):
